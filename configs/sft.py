@@ -1,0 +1,63 @@
+"""Supervised fine-tuning: loss on response tokens only.
+
+  python -m rlhf_jax.main --config=configs/sft.py              # built-in task, CPU, minutes
+  python -m rlhf_jax.main --config=configs/sft.py:hf \
+      --config.init.hf_checkpoint=/ckpt/Qwen2.5-0.5B --config.data.source=/data/demos.jsonl
+  python -m rlhf_jax.main --config=configs/sft.py:hh --config.init.hf_checkpoint=/ckpt/...
+  python -m rlhf_jax.main --config=configs/sft.py:qwen05b      # random weights, benchmark shape
+
+Presets (`:name`): "" (built-in task), "hf" (a Hugging Face checkpoint on demonstrations),
+"hh" (Anthropic hh-rlhf dialogues, hub name Anthropic/hh-rlhf), "alpaca" (instruction/output
+records), "qwen05b" / "llama1b" (random weights, synthetic tokens, for speed measurements).
+"""
+
+from rlhf_jax import config_base
+
+
+def get_config(arg=None):
+  preset, _ = config_base.parse_arg(arg)
+  c = config_base.base_config("sft")
+  c.train.steps = 500
+  c.train.eval_every = 100
+  c.optim.learning_rate = 2e-3
+  if preset in ("hf", "hh", "alpaca"):
+    c.data.tokenizer = ""  # the checkpoint's own tokenizer
+    c.data.max_len = 1024
+    c.data.truncation = "truncate_prompt_left"
+    c.model.dtype = "bfloat16"
+    c.model.remat = "dots_no_batch"
+    c.optim.learning_rate = 1e-5
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 0.01
+    c.train.batch_size = 64
+    c.train.steps = 1000
+    c.train.eval_every = 200
+    c.train.checkpoint_every = 500
+    c.train.sample_tokens = 128
+    if preset == "hh":
+      c.data.source = "Anthropic/hh-rlhf"
+      c.data.format = "dialogue"
+      c.data.text_field = "chosen"
+      c.data.eval_split = "test"
+    if preset == "alpaca":
+      c.data.prompt_field = "instruction"
+      c.data.response_field = "output"
+      c.data.input_field = "input"
+  elif preset in ("qwen05b", "llama1b"):
+    c.model.preset = preset
+    c.model.remat = "dots_no_batch"
+    c.data.source = "random"
+    c.data.max_len = 2048
+    c.train.batch_size = 8
+    c.train.steps = 30
+    c.train.log_every = 10
+    c.train.eval_every = 1000
+    c.train.eval_batches = 1
+    c.train.checkpoint_every = 1000
+    c.train.num_samples = 0
+    c.optim.learning_rate = 1e-5
+  elif preset:
+    raise ValueError(f"configs/sft.py: unknown preset {preset!r}; use hf, hh, alpaca, qwen05b, "
+                     "llama1b")
+  c.workdir = f"runs/sft{'_' + preset if preset else ''}"
+  return c

@@ -1,0 +1,145 @@
+"""Building blocks of the stage configs in `configs/`: sections shared by every stage.
+
+Each `configs/<stage>.py` has `get_config(arg)` returning a locked `ml_collections.ConfigDict`;
+the sections here keep field names and defaults in one place. Optional fields are typed
+placeholders (None until set), so `--config.model.hidden=256` works and a misspelt key fails.
+Each field's meaning is documented beside its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import ml_collections as mc
+from ml_collections import config_dict
+
+from rlhf_jax.models.config import ModelConfig
+
+
+def model_section(preset: str = "tiny") -> mc.ConfigDict:
+  """`preset` names a shape in rlhf_jax.models.config.PRESETS; any other field overrides it.
+
+  When `init.hf_checkpoint` is set, the checkpoint's config.json decides the shape and only the
+  runtime fields (dtype, param_dtype, remat, scan_layers) apply.
+  """
+  fields = {"preset": preset}
+  hints = typing.get_type_hints(ModelConfig)
+  for f in dataclasses.fields(ModelConfig):
+    t = hints[f.name]
+    base = t if t in (int, float, str, bool) else (tuple if "tuple" in str(t) else str)
+    fields[f.name] = config_dict.placeholder(base)
+  return mc.ConfigDict(fields)
+
+
+def init_section() -> mc.ConfigDict:
+  return mc.ConfigDict({
+      # A Hugging Face checkpoint directory (config.json + safetensors) to start from.
+      "hf_checkpoint": "",
+      # The workdir of an earlier stage (e.g. pretrain for SFT): its latest params are the start.
+      "from_workdir": "",
+  })
+
+
+def mesh_section() -> mc.ConfigDict:
+  # Sizes of the mesh axes; one may be -1 to take the remaining devices.
+  return mc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+
+def optim_section(**overrides) -> mc.ConfigDict:
+  d = {
+      "learning_rate": 1e-3,  # peak, after linear warm-up
+      "warmup_steps": 20,
+      "total_steps": config_dict.placeholder(int),  # None: train.steps
+      "final_lr_fraction": 0.1,  # cosine decays to this fraction of the peak
+      "weight_decay": 0.0,  # AdamW, on matrices only
+      "b1": 0.9,
+      "b2": 0.95,
+      "eps": 1e-8,
+      "grad_clip_norm": 1.0,  # 0 disables
+  }
+  d.update(overrides)
+  return mc.ConfigDict(d)
+
+
+def data_section(**overrides) -> mc.ConfigDict:
+  d = {
+      # "builtin" (the built-in task), a local file/directory (.json/.jsonl/.parquet[.gz]), or a
+      # Hugging Face hub dataset name.
+      "source": "builtin",
+      # Tokenizer: "builtin", or a directory with HF tokenizer files ("" = init.hf_checkpoint).
+      "tokenizer": "builtin",
+      # "prompt_response", "dialogue" (hh-rlhf text) or "messages" (role/content list); "text"
+      # for pretraining corpora.
+      "format": "prompt_response",
+      "prompt_field": "prompt",
+      "response_field": "response",
+      "input_field": "",  # optional, appended to the prompt (Alpaca's instruction + input)
+      "text_field": "text",  # pretraining text, and the dialogue field when format="dialogue"
+      "messages_field": "messages",
+      "dialogue_loss": "last_turn",  # or "all_turns"
+      "prompt_template": "",  # "" = the tokenizer's default rendering; else uses "{prompt}"
+      "max_len": 64,  # tokens per example (prompt + response + eos)
+      # What to do with longer examples: "skip", "truncate_prompt_left" or "error".
+      "truncation": "truncate_prompt_left",
+      "train_split": "train",  # hub split names; local files are split by hash
+      "eval_split": "",  # "" = hold out eval_fraction of train by a hash of the prompt
+      "eval_fraction": 0.05,
+      "max_records": 0,  # 0 = all
+      # The built-in task: how many examples to generate for each split.
+      "builtin_train": 4000,
+      "builtin_eval": 256,
+  }
+  d.update(overrides)
+  return mc.ConfigDict(d)
+
+
+def train_section(**overrides) -> mc.ConfigDict:
+  d = {
+      "steps": 500,
+      "batch_size": 32,  # global, over all processes
+      "log_every": 50,
+      "eval_every": 100,
+      "eval_batches": 4,  # 0 = the whole eval split
+      "checkpoint_every": 200,
+      "keep_checkpoints": 2,
+      "stop_at": 0,  # stop (with a checkpoint) after this step, as a pre-empted run would
+      "num_samples": 4,  # samples printed at each eval
+      "sample_tokens": 24,
+      "sample_temperature": 0.7,
+  }
+  d.update(overrides)
+  return mc.ConfigDict(d)
+
+
+def base_config(stage: str) -> mc.ConfigDict:
+  return mc.ConfigDict({
+      "stage": stage,
+      "seed": 0,
+      "workdir": f"runs/{stage}",  # --workdir overrides
+      "model": model_section(),
+      "init": init_section(),
+      "mesh": mesh_section(),
+      # Overrides of rlhf_jax.parallel.DEFAULT_RULES: ((logical_axis, mesh_axes), ...).
+      "sharding_rules": (),
+      "optim": optim_section(),
+      "data": data_section(),
+      "train": train_section(),
+  })
+
+
+def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
+  """'preset,key=value,...' -> (preset, {key: value}); big_vision's `:variant` convention."""
+  preset, kv = "", {}
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if not part:
+      continue
+    if "=" in part:
+      k, v = part.split("=", 1)
+      kv[k.strip()] = v.strip()
+    elif preset:
+      raise ValueError(f"two presets given: {preset!r} and {part!r}")
+    else:
+      preset = part
+  return preset, kv

@@ -1,0 +1,1 @@
+"""Data: tokenizers, the built-in task, loaders for demonstrations, batching."""

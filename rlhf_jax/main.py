@@ -1,0 +1,54 @@
+"""Entry point: `python -m rlhf_jax.main --config=configs/<stage>.py[:preset] [--config.a.b=v]`.
+
+Reads the ml_collections config, starts JAX's distributed runtime when this is one of several
+processes, and runs the stage the config names. All logic lives in importable modules, so a
+notebook can call `rlhf_jax.stages.run(config, workdir)` directly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rlhf_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:preset].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go "
+                               "(default: the config's `workdir`).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for "
+                                   "multi-process runs (auto-detected on TPU VMs and SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _init_distributed():
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config=configs/<stage>.py is required")
+  from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or config.workdir
+  try:
+    _init_distributed()
+    stages.run(config, workdir)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,92 @@
+"""Where metrics go: console lines, a JSONL file, TensorBoard event files; and a progress line.
+
+Only process 0 writes (on other processes the writer is silent), so multi-host runs log once.
+Values may be jax arrays: they are read here, on the host, after the step that made them was
+dispatched, so the loop does not wait on the device to log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def _scalar(v) -> float:
+  return float(np.asarray(v))
+
+
+class MetricWriter:
+  def __init__(self, workdir: str | None, prefix: str = "", tensorboard: bool = True):
+    self.prefix = prefix
+    self.active = jax.process_index() == 0
+    self._jsonl = self._tb = None
+    if not self.active or workdir is None:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      except ImportError:
+        print("tensorboardX not installed: no TensorBoard event files", file=sys.stderr)
+
+  def write(self, step: int, metrics: Mapping[str, Any], console: bool = True) -> dict:
+    vals = {k: _scalar(v) for k, v in metrics.items()}
+    if not self.active:
+      return vals
+    if self._jsonl:
+      self._jsonl.write(json.dumps({"step": int(step), "stage": self.prefix, **vals}) + "\n")
+      self._jsonl.flush()
+    if self._tb:
+      for k, v in vals.items():
+        self._tb.add_scalar(f"{self.prefix}/{k}" if self.prefix else k, v, int(step))
+      self._tb.flush()
+    if console:
+      parts = " ".join(f"{k}={_fmt(v)}" for k, v in vals.items())
+      print(f"[{self.prefix}] step {step}: {parts}", flush=True)
+    return vals
+
+  def text(self, message: str) -> None:
+    if self.active:
+      print(message, flush=True)
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb:
+      self._tb.close()
+
+
+def _fmt(v: float) -> str:
+  if v == 0 or 1e-3 <= abs(v) < 1e5:
+    return f"{v:.4g}"
+  return f"{v:.3e}"
+
+
+class Progress:
+  """Rate and ETA for a phase of `total` units, for the console lines of long loops."""
+
+  def __init__(self, total: int, start: int = 0):
+    self.total, self.start, self.t0 = total, start, time.perf_counter()
+
+  def eta(self, done: int) -> str:
+    elapsed = time.perf_counter() - self.t0
+    rate = (done - self.start) / max(elapsed, 1e-9)
+    left = (self.total - done) / rate if rate > 0 else float("inf")
+    pct = 100.0 * done / max(self.total, 1)
+    return f"{done}/{self.total} ({pct:.0f}%) elapsed {_hms(elapsed)} eta {_hms(left)}"
+
+
+def _hms(s: float) -> str:
+  if s == float("inf"):
+    return "?"
+  s = int(s)
+  return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else (
+      f"{s // 60}m{s % 60:02d}s")

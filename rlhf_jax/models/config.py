@@ -1,0 +1,164 @@
+"""Model hyper-parameters: one frozen dataclass covering the Llama/Qwen2 and GPT-2 families.
+
+Named shapes (`PRESETS`) give the sizes the configs and benchmarks refer to (`tiny`, `gpt2`,
+`qwen05b`, `llama1b`, ...); `ModelConfig.from_dict` builds one from a config section and names the
+bad field when a value is out of range. Not for: loading Hugging Face configs (see `hf.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+from rlhf_jax.errors import ConfigError
+
+_NORMS = ("rms", "layer")
+_POSITIONS = ("rope", "learned")
+_MLPS = ("swiglu", "gelu")
+_REMAT = ("none", "full", "dots", "dots_no_batch")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A decoder-only transformer.
+
+  Llama family: norm="rms", position="rope", mlp="swiglu" (Qwen2 adds qkv_bias=True).
+  GPT-2: norm="layer", position="learned", mlp="gelu", all biases, tied embeddings.
+  """
+
+  vocab_size: int = 512
+  hidden: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  head_dim: int = 0  # 0 means hidden // num_heads
+  mlp_dim: int = 256
+  max_seq_len: int = 128
+  norm: str = "rms"
+  norm_eps: float = 1e-5
+  position: str = "rope"
+  rope_theta: float = 10_000.0
+  # Llama-3 frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_len).
+  rope_llama3_scaling: tuple[float, float, float, int] | None = None
+  mlp: str = "swiglu"
+  qkv_bias: bool = False
+  out_bias: bool = False  # attention output projection bias (GPT-2)
+  mlp_bias: bool = False
+  tie_embeddings: bool = False
+  dtype: str = "float32"  # compute dtype of matmuls
+  param_dtype: str = "float32"  # storage dtype of parameters (master weights)
+  remat: str = "none"
+  scan_layers: bool = True
+
+  def __post_init__(self):
+    def need(cond, field, why):
+      if not cond:
+        raise ConfigError(f"model.{field}={getattr(self, field)!r}: {why}")
+
+    for f in ("vocab_size", "hidden", "num_layers", "num_heads", "num_kv_heads", "mlp_dim",
+              "max_seq_len"):
+      need(getattr(self, f) > 0, f, "must be a positive integer")
+    need(self.head_dim >= 0, "head_dim", "must be >= 0 (0 means hidden // num_heads)")
+    need(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
+         f"must divide num_heads={self.num_heads} (grouped-query attention)")
+    if self.head_dim == 0:
+      need(self.hidden % self.num_heads == 0, "num_heads",
+           f"must divide hidden={self.hidden} when head_dim is 0")
+    need(self.norm in _NORMS, "norm", f"must be one of {_NORMS}")
+    need(self.position in _POSITIONS, "position", f"must be one of {_POSITIONS}")
+    need(self.mlp in _MLPS, "mlp", f"must be one of {_MLPS}")
+    need(self.remat in _REMAT, "remat", f"must be one of {_REMAT}")
+    need(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}")
+    need(self.param_dtype in _DTYPES, "param_dtype", f"must be one of {_DTYPES}")
+    need(self.norm_eps > 0, "norm_eps", "must be positive")
+    if self.rope_llama3_scaling is not None:
+      need(len(self.rope_llama3_scaling) == 4, "rope_llama3_scaling",
+           "must be (factor, low_freq_factor, high_freq_factor, original_max_len)")
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.hidden // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def storage_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    """Builds from a config mapping; a preset name under key `preset` fills unset fields."""
+    d = dict(d)
+    base = {}
+    preset = d.pop("preset", None)
+    if preset:
+      if preset not in PRESETS:
+        raise ConfigError(f"model.preset={preset!r}: unknown; choose one of {sorted(PRESETS)}")
+      base = dataclasses.asdict(PRESETS[preset])
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ConfigError(f"model: unknown field(s) {unknown}; known: {sorted(names)}")
+    # None in the config section means "keep the preset's value".
+    base.update({k: v for k, v in d.items() if v is not None})
+    if isinstance(base.get("rope_llama3_scaling"), list):
+      base["rope_llama3_scaling"] = tuple(base["rope_llama3_scaling"])
+    return cls(**base)
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    """Parameter count (no score head)."""
+    d, l, dh = self.hidden, self.num_layers, self.dim_per_head
+    attn = d * dh * (self.num_heads * 2 + self.num_kv_heads * 2)
+    if self.qkv_bias:
+      attn += dh * (self.num_heads + 2 * self.num_kv_heads)
+    if self.out_bias:
+      attn += d
+    n_mat = 3 if self.mlp == "swiglu" else 2
+    mlp = n_mat * d * self.mlp_dim + (self.mlp_dim + d if self.mlp_bias else 0)
+    norms = (2 if self.norm == "layer" else 1) * d
+    per_layer = attn + mlp + 2 * norms
+    total = l * per_layer + norms
+    if include_embeddings:
+      total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+      if self.position == "learned":
+        total += self.max_seq_len * d
+    elif not self.tie_embeddings:
+      total += self.vocab_size * d  # the LM head is a matmul, embeddings are a lookup
+    return total
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B convention."""
+    n = self.num_params(include_embeddings=False)
+    attn = 2 * self.num_layers * self.num_heads * self.dim_per_head * seq_len
+    return 6.0 * n + 6.0 * attn
+
+
+_LLAMA = dict(norm="rms", position="rope", mlp="swiglu")
+_GPT2 = dict(norm="layer", norm_eps=1e-5, position="learned", mlp="gelu", qkv_bias=True,
+             out_bias=True, mlp_bias=True, tie_embeddings=True)
+
+PRESETS: dict[str, ModelConfig] = {
+    # The built-in task's policy: small enough for a CPU run in minutes.
+    "tiny": ModelConfig(vocab_size=512, hidden=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                        mlp_dim=384, max_seq_len=128, tie_embeddings=True, **_LLAMA),
+    "small": ModelConfig(vocab_size=512, hidden=256, num_layers=4, num_heads=8, num_kv_heads=4,
+                         mlp_dim=768, max_seq_len=256, tie_embeddings=True, **_LLAMA),
+    "gpt2": ModelConfig(vocab_size=50257, hidden=768, num_layers=12, num_heads=12,
+                        num_kv_heads=12, mlp_dim=3072, max_seq_len=1024, **_GPT2),
+    "qwen05b": ModelConfig(vocab_size=151936, hidden=896, num_layers=24, num_heads=14,
+                           num_kv_heads=2, mlp_dim=4864, max_seq_len=32768, norm_eps=1e-6,
+                           rope_theta=1_000_000.0, qkv_bias=True, tie_embeddings=True,
+                           dtype="bfloat16", **_LLAMA),
+    "llama1b": ModelConfig(vocab_size=128256, hidden=2048, num_layers=16, num_heads=32,
+                           num_kv_heads=8, mlp_dim=8192, max_seq_len=131072, norm_eps=1e-5,
+                           rope_theta=500_000.0, rope_llama3_scaling=(32.0, 1.0, 4.0, 8192),
+                           tie_embeddings=True, dtype="bfloat16", **_LLAMA),
+}

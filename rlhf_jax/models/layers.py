@@ -1,0 +1,155 @@
+"""The pieces of one decoder block: norms, rotary embeddings, attention, MLP.
+
+Every parameter carries logical axis names (see `rlhf_jax.parallel` for the table that maps them
+to mesh axes). Parameters are stored in `param_dtype` and cast to the compute dtype where used;
+norms, softmax and RoPE run in float32. Not for: the layer stack, heads or the KV cache
+(`transformer.py`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def param(module: nn.Module, name: str, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class Norm(nn.Module):
+  """RMSNorm (Llama) or LayerNorm (GPT-2), computed in float32."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    cfg = self.config
+    dt = cfg.storage_dtype
+    scale = param(self, "scale", nn.initializers.ones, (cfg.hidden,), ("norm",), dt)
+    x = x_BxTxD.astype(jnp.float32)
+    if cfg.norm == "rms":
+      x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.norm_eps)
+      y = x * scale.astype(jnp.float32)
+    else:
+      bias = param(self, "bias", nn.initializers.zeros, (cfg.hidden,), ("norm",), dt)
+      mean = jnp.mean(x, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+      x = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
+      y = x * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(cfg.compute_dtype)
+
+
+def rope_inverse_frequencies(cfg: ModelConfig) -> jnp.ndarray:
+  """[Dh/2] inverse frequencies, with Llama-3's long-context rescaling when configured."""
+  dh = cfg.dim_per_head
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+  if cfg.rope_llama3_scaling is None:
+    return inv
+  factor, low, high, old_len = cfg.rope_llama3_scaling
+  wavelen = 2 * math.pi / inv
+  # Long wavelengths are slowed by `factor`, short ones kept; a smooth blend in between.
+  smooth = (old_len / wavelen - low) / (high - low)
+  blended = (1 - smooth) * inv / factor + smooth * inv
+  out = jnp.where(wavelen > old_len / low, inv / factor, blended)
+  return jnp.where(wavelen < old_len / high, inv, out)
+
+
+def apply_rope(x_BxTxNxH, positions_BxT, inv_freq):
+  """Rotates pairs (i, i + Dh/2): the half-split layout Hugging Face Llama weights expect."""
+  angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention over a key/value sequence that may be a KV cache.
+
+  The caller gives the keys' validity and the query/key slot numbers, so one code path serves the
+  full forward (keys = this call's tokens) and cached decoding (keys = the cache's slots).
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv_cache=None, cache_index=None):
+    cfg = self.config
+    d, h, k, dh = cfg.hidden, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+    dt, cd = cfg.storage_dtype, cfg.compute_dtype
+
+    def proj(name, n, heads_axis):
+      w = param(self, f"{name}_kernel", _INIT, (d, n, dh), ("embed", heads_axis, "head_dim"), dt)
+      y = jnp.einsum("btd,dnh->btnh", x_BxTxD, w.astype(cd))
+      if cfg.qkv_bias:
+        b = param(self, f"{name}_bias", nn.initializers.zeros, (n, dh), (heads_axis, "head_dim"),
+                  dt)
+        y = y + b.astype(cd)
+      return y
+
+    q = proj("q", h, "q_heads")
+    key = proj("k", k, "kv_heads")
+    val = proj("v", k, "kv_heads")
+    if cfg.position == "rope":
+      inv = rope_inverse_frequencies(cfg)
+      q = apply_rope(q, positions_BxT, inv)
+      key = apply_rope(key, positions_BxT, inv)
+
+    if kv_cache is not None:
+      ck, cv = kv_cache
+      key = jax.lax.dynamic_update_slice(ck, key.astype(ck.dtype), (0, cache_index, 0, 0))
+      val = jax.lax.dynamic_update_slice(cv, val.astype(cv.dtype), (0, cache_index, 0, 0))
+      new_cache = (key, val)
+    else:
+      new_cache = None
+
+    b, t = q.shape[:2]
+    q = q.reshape(b, t, k, h // k, dh)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, key.astype(cd),
+                        preferred_element_type=jnp.float32) / math.sqrt(dh)
+    # A finite floor keeps rows with no valid key (left padding) from turning into NaN.
+    scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cd)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, val.astype(cd)).reshape(b, t, h, dh)
+
+    wo = param(self, "o_kernel", _INIT, (h, dh, d), ("q_heads", "head_dim", "embed"), dt)
+    y = jnp.einsum("btnh,nhd->btd", out, wo.astype(cd))
+    if cfg.out_bias:
+      y = y + param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",), dt).astype(cd)
+    return y, new_cache
+
+
+class Mlp(nn.Module):
+  """SwiGLU (Llama) or GELU (GPT-2, tanh approximation) feed-forward."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    cfg = self.config
+    d, f, dt, cd = cfg.hidden, cfg.mlp_dim, cfg.storage_dtype, cfg.compute_dtype
+
+    def dense(name, shape, axes, x):
+      w = param(self, f"{name}_kernel", _INIT, shape, axes, dt)
+      y = x @ w.astype(cd)
+      if cfg.mlp_bias:
+        y = y + param(self, f"{name}_bias", nn.initializers.zeros, shape[-1:], axes[-1:],
+                      dt).astype(cd)
+      return y
+
+    up = dense("up", (d, f), ("embed", "mlp"), x_BxTxD)
+    if cfg.mlp == "swiglu":
+      hidden = jax.nn.silu(dense("gate", (d, f), ("embed", "mlp"), x_BxTxD)) * up
+    else:
+      hidden = jax.nn.gelu(up, approximate=True)
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    return dense("down", (f, d), ("mlp", "embed"), hidden)

@@ -1,0 +1,123 @@
+"""Compiled generation from a policy's params: prefill, then one `lax.while_loop` over a KV cache.
+
+Prompts come left-padded ([B, P], real tokens at the right) so every row's next token lands in the
+same cache slot; RoPE positions count only real tokens, so padding never shifts them. The loop
+stops when every row has emitted EOS or `max_new_tokens` is reached; there is no host round trip
+per token. Returned log-probs are those of the sampled tokens under the temperature-scaled,
+unfiltered distribution (what an RL loss compares against a teacher-forced pass).
+Not for: scoring with other models, or rollouts bookkeeping (the RL stages build on this).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.errors import ConfigError, ShapeError
+from rlhf_jax.models import Decoder, KVCache, ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 32
+  temperature: float = 1.0  # 0 means greedy
+  top_k: int = 0  # 0 disables
+  top_p: float = 1.0  # 1 disables
+
+  def __post_init__(self):
+    if self.max_new_tokens <= 0:
+      raise ConfigError(f"sampling.max_new_tokens={self.max_new_tokens} must be positive")
+    if self.temperature < 0:
+      raise ConfigError(f"sampling.temperature={self.temperature} must be >= 0")
+    if self.top_k < 0:
+      raise ConfigError(f"sampling.top_k={self.top_k} must be >= 0")
+    if not 0 < self.top_p <= 1:
+      raise ConfigError(f"sampling.top_p={self.top_p} must be in (0, 1]")
+
+
+def _filter_logits(logits_BxV, top_k: int, top_p: float):
+  if top_k:
+    kth = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth, -jnp.inf, logits_BxV)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    cutoff_idx = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < top_p, axis=-1) - 1
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx[:, None], axis=-1)
+    logits_BxV = jnp.where(logits_BxV < cutoff, -jnp.inf, logits_BxV)
+  return logits_BxV
+
+
+def _pick(logits_BxV, rng, cfg: SamplingConfig):
+  """(token [B], log-prob [B]) at the configured temperature."""
+  if cfg.temperature == 0:
+    tok = jnp.argmax(logits_BxV, axis=-1)
+    logp = jax.nn.log_softmax(logits_BxV, axis=-1)
+  else:
+    scaled = logits_BxV / cfg.temperature
+    tok = jax.random.categorical(rng, _filter_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+  return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg", "eos_id", "pad_id"))
+def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig,
+             cfg: SamplingConfig, eos_id: int, pad_id: int):
+  """Samples up to N=cfg.max_new_tokens tokens after each left-padded prompt.
+
+  Returns dict: tokens [B, N] int32 (pad after EOS), mask [B, N] bool (True for generated tokens,
+  the EOS included), logprobs [B, N] float32 (0 where mask is False).
+  """
+  b, p = prompt_BxP.shape
+  n = cfg.max_new_tokens
+  model = Decoder(model_cfg)
+  prompt_mask = prompt_mask_BxP.astype(bool)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+  prompt_len = jnp.sum(prompt_mask, axis=1)
+  cache = KVCache.init(model_cfg, b, p + n)
+  out, cache = model.apply({"params": params}, prompt_BxP, prompt_mask, positions, cache)
+  logits = out["logits"][:, -1]
+
+  def cond(carry):
+    i, _, _, _, done, *_ = carry
+    return (i < n) & ~jnp.all(done)
+
+  def body(carry):
+    i, tokens, logps, masks, done, cache, logits, rng = carry
+    rng, sub = jax.random.split(rng)
+    tok, logp = _pick(logits, sub, cfg)
+    live = ~done
+    tok = jnp.where(live, tok, pad_id)
+    tokens = tokens.at[:, i].set(tok)
+    logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
+    masks = masks.at[:, i].set(live)
+    out, cache = model.apply({"params": params}, tok[:, None], live[:, None],
+                             (prompt_len + i)[:, None], cache)
+    return (i + 1, tokens, logps, masks, done | (tok == eos_id), cache, out["logits"][:, 0],
+            rng)
+
+  init = (jnp.zeros((), jnp.int32), jnp.full((b, n), pad_id, jnp.int32),
+          jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n), bool), jnp.zeros((b,), bool), cache,
+          logits, rng)
+  _, tokens, logps, masks, *_ = jax.lax.while_loop(cond, body, init)
+  return {"tokens": tokens, "mask": masks, "logprobs": logps}
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, max_len: int | None = None):
+  """Host-side: list of token lists -> (tokens [B, P] int32, mask [B, P] bool), left-padded."""
+  longest = max(len(x) for x in prompts)
+  p = max_len or longest
+  if longest > p:
+    raise ShapeError(f"a prompt of {longest} tokens is longer than the prompt limit {p}")
+  tokens = np.full((len(prompts), p), pad_id, np.int32)
+  mask = np.zeros((len(prompts), p), bool)
+  for i, x in enumerate(prompts):
+    if x:
+      tokens[i, p - len(x):] = x
+      mask[i, p - len(x):] = True
+  return tokens, mask

@@ -1,0 +1,22 @@
+"""The stages a config can name, and the one function that runs a config: `run(config, workdir)`.
+
+Each stage module exposes `run(config, workdir)`; they are imported lazily so a stage's heavy
+imports are paid only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from rlhf_jax.errors import ConfigError
+
+STAGES = {
+    "pretrain": "rlhf_jax.train.lm_stage",
+    "sft": "rlhf_jax.train.lm_stage",
+}
+
+
+def run(config, workdir: str):
+  if config.stage not in STAGES:
+    raise ConfigError(f"stage={config.stage!r} is not one of {sorted(STAGES)}")
+  return importlib.import_module(STAGES[config.stage]).run(config, workdir)

@@ -1,0 +1,120 @@
+"""Train state and optimizer: what a step replaces, born sharded on the mesh.
+
+`TrainState` holds everything a resumed run needs from the device side (step, params, optimizer
+state, RNG key); the data position lives with the checkpoint (see `checkpoint.py`). Not for:
+the loss or the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import parallel
+from rlhf_jax.errors import ConfigError
+from rlhf_jax.models import Decoder, ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32[2] key, so checkpoints need no key-type handler
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with linear warm-up and cosine decay, global-norm clipping, decay on matrices only."""
+
+  learning_rate: float = 1e-3
+  warmup_steps: int = 20
+  total_steps: int = 1000
+  final_lr_fraction: float = 0.1
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  grad_clip_norm: float = 1.0
+
+  def __post_init__(self):
+    for f, ok in (("learning_rate", self.learning_rate > 0), ("warmup_steps",
+                                                              self.warmup_steps >= 0),
+                  ("total_steps", self.total_steps > 0),
+                  ("final_lr_fraction", 0 <= self.final_lr_fraction <= 1),
+                  ("weight_decay", self.weight_decay >= 0), ("b1", 0 <= self.b1 < 1),
+                  ("b2", 0 <= self.b2 < 1), ("grad_clip_norm", self.grad_clip_norm >= 0)):
+      if not ok:
+        raise ConfigError(f"optim.{f}={getattr(self, f)!r} is out of range")
+
+  @classmethod
+  def from_dict(cls, d) -> "OptimConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ConfigError(f"optim: unknown field(s) {unknown}; known: {sorted(names)}")
+    return cls(**dict(d))
+
+  def schedule(self) -> optax.Schedule:
+    decay_steps = max(self.total_steps, self.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, self.learning_rate, self.warmup_steps, decay_steps,
+        end_value=self.learning_rate * self.final_lr_fraction)
+
+  def make(self) -> optax.GradientTransformation:
+    def decay_mask(params):
+      return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+    parts = [optax.clip_by_global_norm(self.grad_clip_norm)] if self.grad_clip_norm else []
+    parts.append(optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, eps=self.eps,
+                             weight_decay=self.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+def state_shardings(model_cfg: ModelConfig, tx, mesh, rules, score_head: bool = False):
+  """(abstract TrainState, its NamedShardings) without allocating anything."""
+  def boxed_params(rng):
+    tokens = jnp.zeros((1, min(8, model_cfg.max_seq_len)), jnp.int32)
+    return Decoder(model_cfg, score_head).init(rng, tokens, jnp.ones_like(tokens, bool))["params"]
+
+  abstract_boxed = jax.eval_shape(boxed_params, jax.random.PRNGKey(0))
+  param_sh = parallel.logical_shardings(abstract_boxed, mesh, rules)
+  abstract_params = nn.meta.unbox(abstract_boxed)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  rep = parallel.replicated(mesh)
+  # Moment buffers shard like their parameter; counters and the like are replicated.
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                 transform_non_params=lambda _: rep)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                        opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  shardings = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
+  return abstract, shardings, boxed_params
+
+
+def create_state(model_cfg: ModelConfig, tx, mesh, rules, seed: int, params=None,
+                 score_head: bool = False):
+  """A fresh TrainState born sharded; `params` (host arrays, e.g. from a HF checkpoint) if given.
+
+  Returns (state, shardings).
+  """
+  _, shardings, boxed_params = state_shardings(model_cfg, tx, mesh, rules, score_head)
+  rng = jax.random.PRNGKey(seed)
+  init_rng, state_rng = jax.random.split(rng)
+
+  def init(init_rng, state_rng, params):
+    if params is None:
+      params = nn.meta.unbox(boxed_params(init_rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=state_rng)
+
+  if params is not None:
+    params = jax.device_put(params, shardings.params)
+  with nn.logical_axis_rules(rules):
+    state = jax.jit(init, out_shardings=shardings)(init_rng, state_rng, params)
+  return state, shardings

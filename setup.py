@@ -1,0 +1,32 @@
+"""rlhf_jax: the RLHF recipe (pretrain, SFT, reward model, RL fine-tuning) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rlhf_jax",
+    version="0.1.0",
+    description="Pretrain, SFT, reward models and RL fine-tuning (PPO, A2C, ...) in JAX/Flax",
+    packages=find_packages(include=["rlhf_jax", "rlhf_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.90",
+        "ml_collections>=1.0",
+        "absl-py",
+        "datasets>=3.0",
+        "transformers>=4.50",  # tokenizers and checkpoint reading only; no PyTorch at run time
+        "safetensors>=0.4",
+        "tensorboardX>=2.6",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # torch==2.13.0 is the CPU build; a plain `torch` pulls a multi-GB CUDA build.
+        "test": ["pytest>=8", "torch==2.13.0"],
+        "tpu": ["jax[tpu]"],
+        "cuda": ["jax[cuda13]"],
+    },
+    entry_points={"console_scripts": ["rlhf-jax=rlhf_jax.main:run"]},
+)
