@@ -107,6 +107,8 @@ def train_section(**overrides) -> mc.ConfigDict:
       "num_samples": 4,  # samples printed at each eval
       "sample_tokens": 24,
       "sample_temperature": 0.7,
+      # Peak TFLOP/s per device for the MFU figure; 0 = the data sheet's value for known chips.
+      "peak_tflops": 0.0,
   }
   d.update(overrides)
   return mc.ConfigDict(d)

@@ -46,8 +46,23 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl's parsing, with config errors (a misspelt key, a bad value) as one line, no trace."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # A config file that raised comes wrapped with its traceback: keep the exception's line.
+    msg = lines[-1] if "Traceback" in text else " ".join(lines)
+    if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":
+      msg = msg[1:-1]
+    print(f"error: bad flag or config override: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

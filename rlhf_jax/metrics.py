@@ -90,3 +90,20 @@ def _hms(s: float) -> str:
   s = int(s)
   return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else (
       f"{s // 60}m{s % 60:02d}s")
+
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (no sparsity).
+_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+              "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
+
+
+def peak_flops(override_tflops: float = 0.0) -> float:
+  """Peak FLOP/s of all devices together: the override, else the data sheet, else 0 (unknown)."""
+  n = jax.device_count()
+  if override_tflops:
+    return override_tflops * 1e12 * n
+  kind = jax.devices()[0].device_kind
+  for name, flops in _PEAK_BF16.items():
+    if name.lower() in kind.lower():
+      return flops * n
+  return 0.0

@@ -185,3 +185,15 @@ def test_param_count_matches_tree():
     shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     assert n == cfg.num_params(), cfg
+
+
+def test_sequence_longer_than_the_model_is_refused():
+  from rlhf_jax.errors import ShapeError
+  params = init_params(LLAMA, jax.random.key(0))
+  tokens = jnp.zeros((1, LLAMA.max_seq_len + 1), jnp.int32)
+  with pytest.raises(ShapeError, match="max_seq_len=64"):
+    forward(LLAMA, params, tokens, jnp.ones_like(tokens, bool))
+  t, m = left_pad([[1] * 60], 0)
+  with pytest.raises(ShapeError, match="longer than the model"):
+    generate(params, t, m, jax.random.PRNGKey(0), model_cfg=LLAMA,
+             cfg=SamplingConfig(max_new_tokens=8), eos_id=2, pad_id=0)

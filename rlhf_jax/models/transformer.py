@@ -16,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.errors import ShapeError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.layers import _INIT, Attention, Mlp, Norm, param
 
@@ -116,6 +117,10 @@ class Decoder(nn.Module):
                cache: KVCache | None = None, outputs: Sequence[str] = ("logits",)):
     cfg = self.config
     b, t = tokens_BxT.shape
+    span = t if cache is None else cache.max_len
+    if span > cfg.max_seq_len:
+      raise ShapeError(f"a sequence of {span} tokens is longer than the model's maximum "
+                       f"max_seq_len={cfg.max_seq_len}")
     mask = attention_mask_BxT.astype(bool)
     if positions_BxT is None:
       if cache is not None:

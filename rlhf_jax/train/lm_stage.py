@@ -75,6 +75,8 @@ def run(config, workdir: str) -> dict:
       writer.text(line)
     return extra
 
+  flops_per_token = model_cfg.flops_per_token(config.data.max_len)
+  peak_flops = metrics.peak_flops(tc.peak_tflops)
   step = int(state.step)
   stop = tc.stop_at if tc.stop_at else tc.steps
   progress = metrics.Progress(tc.steps, start=step)
@@ -95,7 +97,8 @@ def run(config, workdir: str) -> dict:
       pending = None
     if step % tc.log_every == 0 or step == tc.steps:
       dt = time.perf_counter() - t_last
-      pending = (step, step_metrics, tokens_since / dt, progress.eta(step))
+      pending = (step, step_metrics, tokens_since / dt, progress.eta(step), flops_per_token,
+                 peak_flops)
       t_last, tokens_since = time.perf_counter(), 0
     last = step == tc.steps or step == stop
     if step % tc.checkpoint_every == 0 or last:
@@ -117,9 +120,14 @@ def run(config, workdir: str) -> dict:
   return {"step": step, "history": history, "state": state}
 
 
-def _log_train(writer, step, step_metrics, tokens_per_s, eta):
+def _log_train(writer, step, step_metrics, tokens_per_s, eta, flops_per_token, peak_flops):
   vals = {k: np.asarray(v) for k, v in step_metrics.items()}
   vals["tokens_per_s"] = tokens_per_s
+  # Model FLOPs utilisation counts the FLOPs the model needs (6N + attention per token), not
+  # what remat recomputes; the peak is the device's dense bf16 figure or train.peak_tflops.
+  vals["model_tflops"] = tokens_per_s * flops_per_token / 1e12
+  if peak_flops:
+    vals["mfu"] = tokens_per_s * flops_per_token / peak_flops
   writer.write(step, vals)
   writer.text(f"  progress {eta}")
 

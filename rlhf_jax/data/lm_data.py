@@ -1,0 +1,187 @@
+"""The data of the language-model stages, built from a stage config.
+
+Turns `config.data` into a tokenizer, train/eval examples, a resumable batch iterator, fixed-shape
+eval batches, and the prompts used to print samples. Sources: the built-in task, local files or a
+hub dataset (through `demonstrations.py`), or random tokens (`source="random"`, for measuring
+speed at a real model's shape). Not for: comparison data (the reward-model stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from rlhf_jax import sampling
+from rlhf_jax.data import batching, demonstrations
+from rlhf_jax.data.tokenizer import load_tokenizer as _load_tokenizer
+from rlhf_jax.errors import ConfigError
+
+
+def load_tokenizer(config):
+  spec = config.data.tokenizer or config.init.hf_checkpoint
+  if config.data.source == "random" and not spec:
+    spec = "builtin"
+  if not spec:
+    raise ConfigError("data.tokenizer is empty and init.hf_checkpoint is not set: name a "
+                      "tokenizer directory, or 'builtin'")
+  return _load_tokenizer(spec)
+
+
+@dataclasses.dataclass
+class LMData:
+  tokenizer: Any
+  train_iter: Any
+  eval_batches: Callable[[], Any]
+  sample_prompts: list[list[int]]
+  summary: str
+  score_fn: Callable | None = None  # (prompts_BxP, responses_BxN) -> gold scores [B]
+
+  def describe(self) -> str:
+    return self.summary
+
+  def samples(self, params, model_cfg, tc, seed: int):
+    """Generates from the first eval prompts; returns (lines to print, extra metrics)."""
+    prompts = self.sample_prompts[:tc.num_samples]
+    if not prompts:
+      return [], {}
+    tok = self.tokenizer
+    tokens, mask = sampling.left_pad(prompts, tok.pad_id)
+    n = min(tc.sample_tokens, model_cfg.max_seq_len - tokens.shape[1])
+    out = sampling.generate(params, tokens, mask, jax.random.PRNGKey(seed), model_cfg=model_cfg,
+                            cfg=sampling.SamplingConfig(max_new_tokens=max(n, 1),
+                                                        temperature=tc.sample_temperature),
+                            eos_id=tok.eos_id, pad_id=tok.pad_id)
+    resp = np.asarray(jax.device_get(out["tokens"]))
+    rmask = np.asarray(jax.device_get(out["mask"]))
+    lines, extra = [], {}
+    gold = None
+    if self.score_fn is not None:
+      gold = self.score_fn(tokens * mask, np.where(rmask, resp, tok.pad_id))
+      extra["sample_gold"] = float(np.mean(gold))
+    for i, p in enumerate(prompts):
+      text = tok.decode([int(t) for t, m in zip(resp[i], rmask[i]) if m])
+      score = f"  [gold {gold[i]:+.2f}]" if gold is not None else ""
+      lines.append(f"  sample {i}: {tok.decode(p)!r} -> {text!r}{score}")
+    return lines, extra
+
+
+def build(config, tokenizer, model_cfg) -> LMData:
+  dc, tc = config.data, config.train
+  if dc.max_len > model_cfg.max_seq_len:
+    raise ConfigError(f"data.max_len={dc.max_len} exceeds the model's max_seq_len "
+                      f"{model_cfg.max_seq_len}")
+  pretrain = config.stage == "pretrain"
+  score_fn = None
+  if dc.source == "random":
+    return _random_data(config, tokenizer, model_cfg)
+  if dc.source == "builtin":
+    from rlhf_jax.data import builtin_task  # pylint: disable=g-import-not-at-top
+    if pretrain:
+      train = [{"text": t} for t in builtin_task.pretrain_corpus(dc.builtin_train, "train",
+                                                                  seed=config.seed)]
+      evals = [{"text": t} for t in builtin_task.pretrain_corpus(dc.builtin_eval, "eval",
+                                                                  seed=config.seed)]
+    else:
+      train = builtin_task.demonstrations(dc.builtin_train, "train", seed=config.seed)
+      evals = builtin_task.demonstrations(dc.builtin_eval, "eval", seed=config.seed)
+      score_fn = builtin_task.gold_scores
+    demo_cfg = _demo_config(config, builtin=True)
+    train_ex, train_stats = demonstrations.examples_from_records(train, tokenizer, demo_cfg)
+    eval_ex, eval_stats = demonstrations.examples_from_records(evals, tokenizer, demo_cfg)
+  else:
+    demo_cfg = _demo_config(config, builtin=False)
+    train_ex, train_stats = demonstrations.load_examples(demo_cfg, tokenizer, "train")
+    eval_ex, eval_stats = demonstrations.load_examples(demo_cfg, tokenizer, "eval")
+  if pretrain:
+    train_ex = batching.pack_examples(train_ex, dc.max_len)
+    eval_ex = batching.pack_examples(eval_ex, dc.max_len)
+  if not train_ex:
+    raise ConfigError(f"data.source={dc.source!r}: no training examples survived loading "
+                      f"({train_stats})")
+  if not eval_ex:
+    raise ConfigError(f"data.source={dc.source!r}: the eval split is empty ({eval_stats})")
+  procs, pid = jax.process_count(), jax.process_index()
+  train_iter = batching.BatchIterator(train_ex, tc.batch_size, dc.max_len, tokenizer.pad_id,
+                                      seed=config.seed, process_index=pid,
+                                      process_count=procs)
+  eval_list = eval_ex if not tc.eval_batches else eval_ex[:tc.eval_batches * tc.batch_size]
+
+  def eval_batches():
+    for b in batching.eval_batches(eval_list, tc.batch_size, dc.max_len, tokenizer.pad_id):
+      yield _process_slice(b, pid, procs)
+
+  prompts = [_prompt_of(ex, pretrain) for ex in eval_ex[:max(tc.num_samples, 0)]]
+  summary = (f"data {dc.source}: {len(train_ex)} train / {len(eval_ex)} eval examples "
+             f"(train: {train_stats})")
+  return LMData(tokenizer, train_iter, eval_batches, prompts, summary, score_fn)
+
+
+def _demo_config(config, builtin: bool):
+  dc = config.data
+  fmt = "text" if config.stage == "pretrain" else dc.format
+  return demonstrations.DemoConfig(
+      source=dc.source if not builtin else "<builtin>",
+      format=fmt,
+      prompt_field=dc.prompt_field,
+      response_field=dc.response_field,
+      input_field=dc.input_field or None,
+      text_field=dc.text_field,
+      messages_field=dc.messages_field,
+      dialogue_loss=dc.dialogue_loss,
+      prompt_template=("{prompt}" if builtin else (dc.prompt_template or None)),
+      max_len=dc.max_len,
+      truncation=dc.truncation,
+      train_split=dc.train_split,
+      eval_split=dc.eval_split or None,
+      eval_fraction=dc.eval_fraction,
+      max_records=dc.max_records or None,
+  )
+
+
+def _prompt_of(example, pretrain: bool) -> list[int]:
+  tokens = [int(t) for t in example.tokens]
+  if pretrain:
+    return tokens[:8]
+  first = int(np.argmax(example.loss_mask)) if np.any(example.loss_mask) else len(tokens)
+  return tokens[:first]
+
+
+def _process_slice(batch, pid, procs):
+  if procs == 1:
+    return batch
+  rows = next(iter(batch.values())).shape[0] // procs
+  return {k: v[pid * rows:(pid + 1) * rows] for k, v in batch.items()}
+
+
+class _RandomIterator:
+  """Uniform random tokens, loss on every token: the data of speed measurements."""
+
+  def __init__(self, batch, seq_len, vocab, seed, pid, procs):
+    self.shape, self.vocab, self.seed, self.step = (batch // procs, seq_len), vocab, seed, 0
+    self.pid = pid
+
+  def next(self):
+    rng = np.random.default_rng((self.seed, self.pid, self.step))
+    self.step += 1
+    tokens = rng.integers(3, self.vocab, self.shape).astype(np.int32)
+    ones = np.ones(self.shape, bool)
+    return {"tokens": tokens, "loss_mask": ones, "attention_mask": ones}
+
+  def state(self):
+    return {"step": self.step}
+
+  def restore(self, state):
+    self.step = int(state["step"])
+
+
+def _random_data(config, tokenizer, model_cfg) -> LMData:
+  dc, tc = config.data, config.train
+  procs, pid = jax.process_count(), jax.process_index()
+  it = _RandomIterator(tc.batch_size, dc.max_len, model_cfg.vocab_size, config.seed, pid, procs)
+  ev = _RandomIterator(tc.batch_size, dc.max_len, model_cfg.vocab_size, config.seed + 1, pid,
+                       procs)
+  eval_set = [ev.next() for _ in range(max(tc.eval_batches, 1))]
+  return LMData(tokenizer, it, lambda: iter(eval_set), [], "random tokens (speed measurement)")
