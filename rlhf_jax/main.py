@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rlhf_jax.errors import UserError
@@ -35,6 +35,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/<stage>.py is required")
+  # Orbax and JAX log every checkpoint step at INFO; the stages print what a user needs.
+  logging.set_verbosity(logging.WARNING)
   from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir

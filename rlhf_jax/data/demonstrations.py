@@ -138,12 +138,14 @@ def get_field(rec: dict, path: str, origin: str, index: int) -> Any:
   """rec[path], where path may be dotted ("instances.0.output"); DataError names what lacks."""
   cur: Any = rec
   for part in path.split("."):
-    if isinstance(cur, dict) and part in cur:
+    # `datasets` gives every record every column of the file, None where the record lacks it.
+    if isinstance(cur, dict) and cur.get(part) is not None:
       cur = cur[part]
     elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
       cur = cur[int(part)]
     else:
-      have = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+      have = sorted(k for k, v in rec.items() if v is not None) if isinstance(rec, dict) else (
+          type(rec).__name__)
       raise DataError(f"{origin}: record {index} has no field {path!r} (its fields: {have})")
   return cur
 

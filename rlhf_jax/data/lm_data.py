@@ -43,9 +43,13 @@ class LMData:
     return self.summary
 
   def samples(self, params, model_cfg, tc, seed: int):
-    """Generates from the first eval prompts; returns (lines to print, extra metrics)."""
-    prompts = self.sample_prompts[:tc.num_samples]
-    if not prompts:
+    """Generates from the first eval prompts; returns (lines to print, extra metrics).
+
+    With a gold score (the built-in task), all `sample_prompts` are sampled so the mean gold
+    score is worth reading; only the first `num_samples` are printed.
+    """
+    prompts = self.sample_prompts if self.score_fn else self.sample_prompts[:tc.num_samples]
+    if not prompts or not tc.num_samples:
       return [], {}
     tok = self.tokenizer
     tokens, mask = sampling.left_pad(prompts, tok.pad_id)
@@ -61,7 +65,7 @@ class LMData:
     if self.score_fn is not None:
       gold = self.score_fn(tokens * mask, np.where(rmask, resp, tok.pad_id))
       extra["sample_gold"] = float(np.mean(gold))
-    for i, p in enumerate(prompts):
+    for i, p in enumerate(prompts[:tc.num_samples]):
       text = tok.decode([int(t) for t, m in zip(resp[i], rmask[i]) if m])
       score = f"  [gold {gold[i]:+.2f}]" if gold is not None else ""
       lines.append(f"  sample {i}: {tok.decode(p)!r} -> {text!r}{score}")
@@ -113,9 +117,14 @@ def build(config, tokenizer, model_cfg) -> LMData:
     for b in batching.eval_batches(eval_list, tc.batch_size, dc.max_len, tokenizer.pad_id):
       yield _process_slice(b, pid, procs)
 
-  prompts = [_prompt_of(ex, pretrain) for ex in eval_ex[:max(tc.num_samples, 0)]]
+  n_prompts = max(tc.num_samples, 64 if score_fn else 0)
+  prompts = [_prompt_of(ex, pretrain) for ex in eval_ex[:n_prompts]]
   summary = (f"data {dc.source}: {len(train_ex)} train / {len(eval_ex)} eval examples "
              f"(train: {train_stats})")
+  if score_fn is not None:
+    demo_gold = [score_fn([_prompt_of(ex, False)], [ex.tokens[len(_prompt_of(ex, False)):]])[0]
+                 for ex in eval_ex[:n_prompts]]
+    summary += f"; mean gold score of the eval demonstrations {np.mean(demo_gold):.2f}"
   return LMData(tokenizer, train_iter, eval_batches, prompts, summary, score_fn)
 
 
