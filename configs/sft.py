@@ -17,8 +17,10 @@ from rlhf_jax import config_base
 def get_config(arg=None):
   preset, _ = config_base.parse_arg(arg)
   c = config_base.base_config("sft")
-  c.train.steps = 500
-  c.train.eval_every = 100
+  c.data.builtin_train = 8000
+  c.train.steps = 1200
+  c.train.eval_every = 300
+  c.train.checkpoint_every = 300
   c.optim.learning_rate = 2e-3
   if preset in ("hf", "hh", "alpaca"):
     c.data.tokenizer = ""  # the checkpoint's own tokenizer

@@ -22,6 +22,7 @@ import dataclasses
 import glob
 import os
 import re
+import time
 import zlib
 from typing import Any, Iterable
 
@@ -284,7 +285,11 @@ def examples_from_records(records: Iterable[dict] | Iterable[tuple[str, int, dic
   """Tokenized examples and counts; `records` are dicts or (origin, index, dict) triples."""
   enc = _Encoder(cfg, tokenizer)
   stats, out = Stats(), []
+  t0 = time.perf_counter()
   for i, item in enumerate(records):
+    if i and i % 20_000 == 0:  # a progress line for big datasets
+      print(f"  tokenized {i} records ({stats.kept} kept) in {time.perf_counter() - t0:.0f}s",
+            flush=True)
     org, idx, rec = item if isinstance(item, tuple) else (origin, i, item)
     if not isinstance(rec, dict):
       raise DataError(f"{org}: record {idx} is a {type(rec).__name__}, not an object")

@@ -85,12 +85,15 @@ def run(config, workdir: str) -> dict:
     ev = evaluate(state.params)
     ev.update(show_samples(state.params, step))
     history.append(writer.write(step, ev))
-  pending, t_last, tokens_since = None, time.perf_counter(), 0
+  pending, t_last, tokens_since, first_step = None, time.perf_counter(), 0, True
   while step < min(stop, tc.steps):
     batch = data.train_iter.next()
     tokens_since += int(batch["attention_mask"].sum()) * jax.process_count()
     state, step_metrics = train_step(state, parallel.put_batch(batch, mesh, rules))
     step += 1
+    if first_step:  # keep compilation out of the first tokens/s figure
+      jax.block_until_ready(step_metrics)
+      t_last, tokens_since, first_step = time.perf_counter(), 0, False
     # Step N's metrics are read after step N+1 is dispatched, so logging never stalls the device.
     if pending is not None:
       _log_train(writer, *pending)
