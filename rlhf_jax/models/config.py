@@ -122,7 +122,7 @@ class ModelConfig:
     if self.out_bias:
       attn += d
     n_mat = 3 if self.mlp == "swiglu" else 2
-    mlp = n_mat * d * self.mlp_dim + (self.mlp_dim + d if self.mlp_bias else 0)
+    mlp = n_mat * d * self.mlp_dim + ((n_mat - 1) * self.mlp_dim + d if self.mlp_bias else 0)
     norms = (2 if self.norm == "layer" else 1) * d
     per_layer = attn + mlp + 2 * norms
     total = l * per_layer + norms
