@@ -131,3 +131,14 @@ def test_cli_names_a_missing_file_without_a_trace(tmp_path):
   assert "Traceback" not in r.stderr
   r = _main("--config=configs/sft.py", f"--workdir={tmp_path}", "--config.mesh.data=3")
   assert r.returncode == 2 and "mesh" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_checkpoint_taken_mid_run_survives_the_steps_after_it(tmp_path):
+  """The state is donated to the step after an (async) save; the saved copy must not change."""
+  straight = stages.run(_sft_config(), str(tmp_path / "a"))
+  stages.run(_sft_config(checkpoint_every=2, stop_at=5, keep_checkpoints=3), str(tmp_path / "b"))
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "b" / "checkpoints" / "5")  # resume from step 4, saved mid-run
+  resumed = stages.run(_sft_config(checkpoint_every=2), str(tmp_path / "b"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight["state"].params),
+               jax.device_get(resumed["state"].params))
