@@ -54,8 +54,10 @@ class LMData:
     tok = self.tokenizer
     tokens, mask = sampling.left_pad(prompts, tok.pad_id)
     n = min(tc.sample_tokens, model_cfg.max_seq_len - tokens.shape[1])
+    if n < 1:  # the prompts already fill the model's context
+      return [], {}
     out = sampling.generate(params, tokens, mask, jax.random.PRNGKey(seed), model_cfg=model_cfg,
-                            cfg=sampling.SamplingConfig(max_new_tokens=max(n, 1),
+                            cfg=sampling.SamplingConfig(max_new_tokens=n,
                                                         temperature=tc.sample_temperature),
                             eos_id=tok.eos_id, pad_id=tok.pad_id)
     resp = np.asarray(jax.device_get(out["tokens"]))
