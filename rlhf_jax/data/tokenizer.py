@@ -1,93 +1,135 @@
 """The tokenizer protocol every stage uses, and a wrapper around a local Hugging Face tokenizer.
 
 `load_tokenizer("builtin")` gives the built-in task's closed-vocabulary tokenizer; any other spec
-is a directory with Hugging Face tokenizer files (usually the checkpoint directory). Not for:
-formatting records into training examples (`demonstrations.py`).
+is a local directory with Hugging Face tokenizer files (usually the checkpoint directory); the hub
+is never contacted. `HFTokenizer.render_messages` gives a chat-template rendering plus a per-token
+mask of assistant tokens. Not for: formatting records into training examples
+(`demonstrations.py`) or batching (`batching.py`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from rlhf_jax.errors import DataError
 
+# Any one of these makes a directory worth handing to AutoTokenizer; without any, we say so
+# plainly instead of surfacing transformers' long "could not instantiate the backend" message.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model",
+                    "vocab.txt", "spiece.model")
+
 
 class Tokenizer(Protocol):
+  """What the stages need of a tokenizer (the built-in task's and `HFTokenizer` both fit)."""
+
   vocab_size: int
   pad_id: int
   bos_id: int | None
   eos_id: int
-  chat_template: Any
+  chat_template: str | None  # the Hugging Face Jinja template, or None
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, no special tokens added."""
+    ...
 
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+    """Text of `ids`; special tokens (pad, bos, eos, ...) dropped when `skip_special`."""
     ...
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+  n = min(len(a), len(b))
+  for i in range(n):
+    if a[i] != b[i]:
+      return i
+  return n
 
 
 class HFTokenizer:
   """A `transformers` tokenizer read from a local directory, behind the `Tokenizer` protocol."""
 
   def __init__(self, path: str):
+    path = os.path.expanduser(str(path))
     if not os.path.isdir(path):
       raise DataError(f"tokenizer directory {path!r} does not exist")
+    if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+      raise DataError(f"tokenizer directory {path!r} has no tokenizer files (expected one of "
+                      f"{', '.join(_TOKENIZER_FILES)})")
     from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
     try:
       self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-      raise DataError(f"no usable tokenizer files in {path!r}: {e}") from None
+    except Exception as e:  # transformers raises OSError, ValueError, TypeError, ... here
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise DataError(f"no usable tokenizer files in {path!r}: {first}") from None
     tok = self._tok
     self.path = path
-    self.vocab_size = len(tok)
+    self.vocab_size = len(tok)  # includes added tokens, unlike tok.vocab_size
     if tok.eos_token_id is None:
       raise DataError(f"the tokenizer in {path!r} has no eos token")
     self.eos_id = int(tok.eos_token_id)
     # No pad token (Llama, GPT-2): pad with eos; masks, not ids, say what is padding.
     self.pad_id = int(tok.pad_token_id) if tok.pad_token_id is not None else self.eos_id
     self.bos_id = int(tok.bos_token_id) if tok.bos_token_id is not None else None
-    self.chat_template = getattr(tok, "chat_template", None)
+    self.chat_template = getattr(tok, "chat_template", None) or None
 
   def encode(self, text: str) -> list[int]:
-    return list(self._tok.encode(text, add_special_tokens=False))
+    return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
 
-  def decode(self, ids, skip_special: bool = True) -> str:
+  def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
-  def _render(self, messages, add_generation_prompt=False) -> list[int]:
-    out = self._tok.apply_chat_template(list(messages), tokenize=True,
-                                        add_generation_prompt=add_generation_prompt)
+  def apply_chat_template(self, messages: Sequence[dict],
+                          add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of the chat-template rendering of `messages`."""
+    if not self.chat_template:
+      raise DataError(f"the tokenizer in {self.path!r} has no chat template")
+    try:
+      out = self._tok.apply_chat_template(list(messages), tokenize=True,
+                                          add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja2 errors, or the template's own raise_exception(...)
+      raise DataError(f"the chat template of {self.path!r} failed on a conversation of "
+                      f"{len(messages)} messages: {e}") from None
     if hasattr(out, "keys"):  # newer transformers return a BatchEncoding
       out = out["input_ids"]
     return [int(i) for i in out]
 
-  def render_messages(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    """Ids of the chat-template rendering and, per token, whether it is an assistant token.
+  def render_messages(self, messages: Sequence[dict],
+                      loss_turns: Sequence[bool] | None = None) -> tuple[list[int], list[bool]]:
+    """Ids of the chat-template rendering and, per token, whether it belongs to a trained turn.
 
-    Rendered prefix by prefix: an assistant turn's tokens are those its message adds beyond the
-    rendering of the turns before it with the generation prompt (so "<|im_start|>assistant" and
-    the like stay prompt tokens, while the turn's end marker is learned).
+    `loss_turns[i]` says whether message i is trained (default: every assistant message).
+    Instead of trusting `{% generation %}` tags (few templates have them), the conversation is
+    rendered prefix by prefix: assistant turn i spans from the end of the rendering of
+    messages[:i] with the generation prompt (so headers like "<|im_start|>assistant\\n" stay
+    prompt tokens) to the end of the rendering of messages[:i + 1] (so the turn's end marker is
+    learned). Positions are common prefixes with the full rendering, so a template whose
+    tokenization merges a token or two across a boundary costs a token of mask, not an error.
     """
-    if not self.chat_template:
-      raise DataError(f"the tokenizer in {self.path!r} has no chat template")
-    ids: list[int] = []
-    mask: list[bool] = []
-    for i, m in enumerate(messages):
-      full = self._render(messages[:i + 1])
-      start = len(ids)
-      if m["role"] == "assistant":
-        start = len(self._render(messages[:i], add_generation_prompt=True)) if i else 0
-      if full[:len(ids)] != ids or start < len(ids) or full[:start][:len(ids)] != ids:
-        raise DataError("the chat template does not render conversations prefix by prefix; "
-                        "use data.prompt_template instead")
-      mask += [False] * (start - len(ids)) + [m["role"] == "assistant"] * (len(full) - start)
-      ids = full
+    if loss_turns is None:
+      loss_turns = [m.get("role") == "assistant" for m in messages]
+    if len(loss_turns) != len(messages):
+      raise ValueError(f"{len(loss_turns)} loss_turns for {len(messages)} messages")
+    ids = self.apply_chat_template(messages)
+    mask = [False] * len(ids)
+    for i, train in enumerate(loss_turns):
+      if not train:
+        continue
+      start = (_common_prefix_len(self.apply_chat_template(messages[:i], True), ids)
+               if i else 0)
+      end = _common_prefix_len(self.apply_chat_template(messages[:i + 1]), ids)
+      if end <= start and str(messages[i].get("content", "")).strip():
+        raise DataError(f"the chat template of {self.path!r} does not render conversations "
+                        f"prefix by prefix (message {i} gets no tokens of its own); set "
+                        "data.prompt_template to use a plain rendering instead")
+      mask[start:end] = [True] * max(end - start, 0)
     return ids, mask
 
 
-def load_tokenizer(spec: str):
+def load_tokenizer(spec: str) -> Tokenizer:
+  """"builtin": the built-in task's tokenizer; anything else: a local HF tokenizer directory."""
   if spec == "builtin":
+    # Lazy: the built-in task is only needed (and only imported) when asked for.
     from rlhf_jax.data import builtin_task  # pylint: disable=g-import-not-at-top
     return builtin_task.tokenizer()
   return HFTokenizer(spec)
