@@ -10,7 +10,7 @@ lives. Not for: multi-host process start-up (`rlhf_jax.main`), checkpoints (`che
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -101,19 +101,6 @@ def _check_divisible(abstract, shardings, mesh: Mesh):
                          "sharding rules")
 
   jax.tree_util.tree_map_with_path(check, abstract, shardings)
-
-
-def sharded_init(init_fn: Callable, mesh: Mesh, rules, *args):
-  """Runs `init_fn(*args)` (returning boxed params or a state holding them) born sharded.
-
-  Returns (unboxed_tree, shardings). The tree may hold anything `nn.get_partition_spec` reads:
-  `nn.Partitioned` leaves get their rule-mapped sharding, other leaves are replicated.
-  """
-  abstract = jax.eval_shape(init_fn, *args)
-  shardings = logical_shardings(abstract, mesh, rules)
-  with nn.logical_axis_rules(rules):
-    out = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
-  return out, shardings
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:

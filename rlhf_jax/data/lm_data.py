@@ -76,9 +76,6 @@ class LMData:
 
 def build(config, tokenizer, model_cfg) -> LMData:
   dc, tc = config.data, config.train
-  if dc.max_len > model_cfg.max_seq_len:
-    raise ConfigError(f"data.max_len={dc.max_len} exceeds the model's max_seq_len "
-                      f"{model_cfg.max_seq_len}")
   pretrain = config.stage == "pretrain"
   score_fn = None
   if dc.source == "random":

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.errors import ShapeError
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.layers import _INIT, Attention, Mlp, Norm, param
+from rlhf_jax.models.layers import _INIT, Attention, Mlp, Norm
 
 _REMAT_POLICIES = {
     "full": None,

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from rlhf_jax import checkpoint, metrics, parallel, sampling
+from rlhf_jax import checkpoint, metrics, parallel
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.train import model_init

@@ -7,17 +7,13 @@ randomly, born sharded". Not for: optimizer state or resuming the same stage (se
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
 from rlhf_jax import checkpoint, parallel
 from rlhf_jax.errors import ConfigError, DataError
-from rlhf_jax.models import Decoder, ModelConfig
+from rlhf_jax.models import ModelConfig
+from rlhf_jax.train.state import param_shardings
 
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
 
@@ -58,17 +54,9 @@ def load_workdir_params(workdir: str, config, score_head: bool = False):
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
 
-  def boxed(rng):
-    tokens = jnp.zeros((1, 8), jnp.int32)
-    return Decoder(model_cfg).init(rng, tokens, jnp.ones_like(tokens, bool))["params"]
-
-  abstract = jax.eval_shape(boxed, jax.random.PRNGKey(0))
-  shardings = parallel.logical_shardings(abstract, mesh, rules)
+  abstract, shardings = param_shardings(model_cfg, mesh, rules, score_head)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  params = ckpt.restore_params(nn.meta.unbox(abstract), shardings)
+  params = ckpt.restore_params(abstract, shardings)
   ckpt.close()
   return model_cfg, params
 
-
-def model_config_dict(model_cfg: ModelConfig) -> dict:
-  return dataclasses.asdict(model_cfg)

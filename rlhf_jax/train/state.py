@@ -77,15 +77,26 @@ class OptimConfig:
     return optax.chain(*parts)
 
 
-def state_shardings(model_cfg: ModelConfig, tx, mesh, rules, score_head: bool = False):
-  """(abstract TrainState, its NamedShardings) without allocating anything."""
+def _boxed_params_fn(model_cfg: ModelConfig, score_head: bool):
+  """rng -> params boxed with their logical axis names (`nn.Partitioned` leaves)."""
   def boxed_params(rng):
     tokens = jnp.zeros((1, min(8, model_cfg.max_seq_len)), jnp.int32)
     return Decoder(model_cfg, score_head).init(rng, tokens, jnp.ones_like(tokens, bool))["params"]
+  return boxed_params
 
-  abstract_boxed = jax.eval_shape(boxed_params, jax.random.PRNGKey(0))
-  param_sh = parallel.logical_shardings(abstract_boxed, mesh, rules)
-  abstract_params = nn.meta.unbox(abstract_boxed)
+
+def param_shardings(model_cfg: ModelConfig, mesh, rules, score_head: bool = False):
+  """(abstract params, their NamedShardings under `rules`) without allocating anything."""
+  abstract_boxed = jax.eval_shape(_boxed_params_fn(model_cfg, score_head),
+                                  jax.random.PRNGKey(0))
+  return (nn.meta.unbox(abstract_boxed),
+          parallel.logical_shardings(abstract_boxed, mesh, rules))
+
+
+def state_shardings(model_cfg: ModelConfig, tx, mesh, rules, score_head: bool = False):
+  """(abstract TrainState, its NamedShardings, boxed-params init fn), allocating nothing."""
+  abstract_params, param_sh = param_shardings(model_cfg, mesh, rules, score_head)
+  boxed_params = _boxed_params_fn(model_cfg, score_head)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = parallel.replicated(mesh)
   # Moment buffers shard like their parameter; counters and the like are replicated.
