@@ -197,3 +197,16 @@ def test_sequence_longer_than_the_model_is_refused():
   with pytest.raises(ShapeError, match="longer than the model"):
     generate(params, t, m, jax.random.PRNGKey(0), model_cfg=LLAMA,
              cfg=SamplingConfig(max_new_tokens=8), eos_id=2, pad_id=0)
+
+
+def test_bf16_compute_keeps_fp32_params_and_tracks_fp32_logits():
+  cfg16 = LLAMA.replace(dtype="bfloat16")
+  params = _perturb(init_params(cfg16, jax.random.key(7)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  tokens = jax.random.randint(jax.random.key(8), (2, 12), 0, LLAMA.vocab_size)
+  mask = jnp.ones_like(tokens, bool)
+  lo = forward(cfg16, params, tokens, mask)["logits"]
+  hi = forward(LLAMA, params, tokens, mask)["logits"]
+  assert lo.dtype == jnp.float32  # logits accumulate in float32 whatever the compute dtype
+  assert float(jnp.max(jnp.abs(lo - hi))) < 0.1
+  assert float(jnp.max(jnp.abs(lo - hi))) > 0  # bf16 really was used

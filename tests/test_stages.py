@@ -52,6 +52,7 @@ def test_resumed_run_equals_uninterrupted_bitwise(tmp_path):
   np.testing.assert_array_equal(jax.device_get(straight["state"].opt_state[1][0].mu["embed"]),
                                 jax.device_get(resumed["state"].opt_state[1][0].mu["embed"]))
   assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+  assert os.listdir(tmp_path / "a" / "tb")  # TensorBoard event files beside metrics.jsonl
   # The eval after resuming sees the same numbers too.
   assert straight["history"][-1]["eval_loss"] == resumed["history"][-1]["eval_loss"]
 
