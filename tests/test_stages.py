@@ -28,7 +28,9 @@ def _sft_config(**train):
   c.train.batch_size = 8
   c.train.num_samples = 2
   c.train.sample_tokens = 4
-  defaults = dict(steps=6, log_every=2, eval_every=3, checkpoint_every=100, eval_batches=1)
+  # 20 eval examples in batches of 8: the last eval batch is topped up with empty rows.
+  c.data.builtin_eval = 20
+  defaults = dict(steps=6, log_every=2, eval_every=3, checkpoint_every=100, eval_batches=0)
   for k, v in {**defaults, **train}.items():
     c.train[k] = v
   return c
@@ -42,6 +44,8 @@ def _losses(workdir):
 
 def test_resumed_run_equals_uninterrupted_bitwise(tmp_path):
   straight = stages.run(_sft_config(), str(tmp_path / "a"))
+  # One compilation each for the whole run, the padded last eval batch included.
+  assert {k: f._cache_size() for k, f in straight["compiled"].items()} == {"train": 1, "eval": 1}
   first = stages.run(_sft_config(stop_at=3), str(tmp_path / "b"))
   assert first["step"] == 3
   resumed = stages.run(_sft_config(), str(tmp_path / "b"))

@@ -120,7 +120,8 @@ def run(config, workdir: str) -> dict:
   if step < tc.steps:
     writer.text(f"[{stage}] stopped at step {step} of {tc.steps} (train.stop_at); run the same "
                 "command again to resume")
-  return {"step": step, "history": history, "state": state}
+  return {"step": step, "history": history, "state": state,
+          "compiled": {"train": train_step.jitted, "eval": eval_step.jitted}}
 
 
 def _log_train(writer, step, step_metrics, tokens_per_s, eta, flops_per_token, peak_flops):
