@@ -64,6 +64,9 @@ def test_sft_of_a_hf_checkpoint_then_export(tmp_path):
   out = stages.run(c, str(tmp_path / "run"))
   hist = out["history"]
   assert hist[-1]["eval_loss"] < hist[0]["eval_loss"] - 0.5, hist
+  # The same command again resumes (the model's shape read from config.json alone).
+  again = stages.run(c, str(tmp_path / "run"))
+  assert again["step"] == 40 and again["history"][-1]["eval_loss"] == hist[-1]["eval_loss"]
   # Export the fine-tuned params; transformers reads them back with the same logits.
   cfg, _ = hf.load_checkpoint(ckpt)
   params = jax.device_get(out["state"].params)

@@ -34,8 +34,11 @@ def run(config, workdir: str) -> dict:
   rules = parallel.rules_from_config(config.sharding_rules)
   writer = metrics.MetricWriter(workdir, prefix=stage)
 
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
+  latest = ckpt.latest_step()
   tokenizer = lm_data.load_tokenizer(config)
-  model_cfg, init_params = model_init.build(config, tokenizer)
+  # A run that resumes reads its params from its own checkpoint, not from init.*.
+  model_cfg, init_params = model_init.build(config, tokenizer, load_params=latest is None)
   data = lm_data.build(config, tokenizer, model_cfg)
   writer.text(f"[{stage}] model: {model_cfg.num_params() / 1e6:.2f}M params, "
               f"{model_cfg.num_layers} layers, hidden {model_cfg.hidden}; mesh "
@@ -45,8 +48,6 @@ def run(config, workdir: str) -> dict:
   opt_d = dict(config.optim)
   opt_d["total_steps"] = opt_d.get("total_steps") or tc.steps
   tx = OptimConfig.from_dict(opt_d).make()
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
-  latest = ckpt.latest_step()
   if latest is not None:
     abstract, shardings, _ = state_shardings(model_cfg, tx, mesh, rules)
     state, meta = ckpt.restore(abstract, shardings)

@@ -18,16 +18,21 @@ from rlhf_jax.train.state import param_shardings
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
 
 
-def build(config, tokenizer, score_head: bool = False):
+def build(config, tokenizer, score_head: bool = False, load_params: bool = True):
+  """(ModelConfig, params or None); with load_params=False only the config is read."""
   model_d = {k: v for k, v in dict(config.model).items() if v is not None}
   if config.init.hf_checkpoint and config.init.from_workdir:
     raise ConfigError("init.hf_checkpoint and init.from_workdir are both set; choose one")
   if config.init.hf_checkpoint:
     from rlhf_jax.models import hf  # pylint: disable=g-import-not-at-top
     runtime = {k: model_d[k] for k in _RUNTIME_FIELDS if k in model_d}
-    model_cfg, params = hf.load_checkpoint(config.init.hf_checkpoint, **runtime)
+    if load_params:
+      model_cfg, params = hf.load_checkpoint(config.init.hf_checkpoint, **runtime)
+    else:
+      model_cfg, params = hf.config_from_hf(config.init.hf_checkpoint, **runtime), None
   elif config.init.from_workdir:
-    model_cfg, params = load_workdir_params(config.init.from_workdir, config, score_head)
+    model_cfg, params = load_workdir_params(config.init.from_workdir, config, score_head,
+                                            load_params)
   else:
     model_cfg, params = ModelConfig.from_dict(model_d), None
   if tokenizer.vocab_size > model_cfg.vocab_size:
@@ -39,7 +44,8 @@ def build(config, tokenizer, score_head: bool = False):
   return model_cfg, params
 
 
-def load_workdir_params(workdir: str, config, score_head: bool = False):
+def load_workdir_params(workdir: str, config, score_head: bool = False,
+                        load_params: bool = True):
   """(ModelConfig, params) from an earlier stage's workdir, read onto this run's mesh."""
   path = os.path.join(workdir, "model.json")
   if not os.path.exists(path):
@@ -51,6 +57,8 @@ def load_workdir_params(workdir: str, config, score_head: bool = False):
   if isinstance(d.get("rope_llama3_scaling"), list):
     d["rope_llama3_scaling"] = tuple(d["rope_llama3_scaling"])
   model_cfg = ModelConfig(**d)
+  if not load_params:
+    return model_cfg, None
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
 
