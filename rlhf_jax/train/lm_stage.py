@@ -100,6 +100,8 @@ def run(config, workdir: str) -> dict:
       _log_train(writer, *pending)
       pending = None
     if step % tc.log_every == 0 or step == tc.steps:
+      # The clock is read when step N has finished, not when it was queued: one stall per log.
+      jax.block_until_ready(step_metrics)
       dt = time.perf_counter() - t_last
       pending = (step, step_metrics, tokens_since / dt, progress.eta(step), flops_per_token,
                  peak_flops)
