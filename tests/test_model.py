@@ -86,10 +86,10 @@ def test_remat_and_unscanned_layers_give_same_loss_and_grads(variant):
 
 
 def test_score_head_reads_every_position():
-  params = init_params(LLAMA, jax.random.key(0), score_head=True)
+  params = init_params(LLAMA, jax.random.key(0), heads="lm+score")
   tokens = jnp.arange(12).reshape(2, 6)
   out = forward(LLAMA, params, tokens, jnp.ones_like(tokens, bool), outputs=("scores", "hidden"),
-                score_head=True)
+                heads="lm+score")
   assert out["scores"].shape == (2, 6)
   expect = out["hidden"] @ params["score_kernel"][:, 0] + params["score_bias"][0]
   np.testing.assert_allclose(out["scores"], expect, atol=1e-5)

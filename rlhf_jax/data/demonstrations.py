@@ -162,10 +162,14 @@ def read_records(source: str, split: str | None = None) -> Iterator[tuple[str, i
       try:
         ds = datasets.load_dataset(_builder(f), data_files=f, split="train")
       except Exception as e:  # datasets wraps parse errors in several types
+        bad = _first_bad_json_line(f)
+        if bad:
+          raise DataError(bad) from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise DataError(f"{f}: could not be read as {_builder(f)}: {first}") from None
+      lines = _is_json_lines(f)
       for i, rec in enumerate(ds):
-        yield f, i, rec
+        yield (f"{f}:{i + 1}" if lines else f), i, rec
   else:
     try:
       ds = datasets.load_dataset(source, split=split)
@@ -175,6 +179,31 @@ def read_records(source: str, split: str | None = None) -> Iterator[tuple[str, i
                       f"loaded: {first}") from None
     for i, rec in enumerate(ds):
       yield f"{source}[{split}]", i, rec
+
+
+def _is_json_lines(path: str) -> bool:
+  return (path[:-3] if path.endswith(".gz") else path).lower().endswith(".jsonl")
+
+
+def _first_bad_json_line(path: str) -> str | None:
+  """'FILE:LINE: what is wrong' for the first line of a JSON-lines file that is not one JSON
+  object, or None (not JSON lines, or every line parses)."""
+  if not _is_json_lines(path):
+    return None
+  import gzip  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+    for n, line in enumerate(fh, 1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        return f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})"
+      if not isinstance(obj, dict):
+        return f"{path}:{n}: a {type(obj).__name__}, not a JSON object"
+  return None
 
 
 _MISSING = object()
@@ -231,7 +260,7 @@ def _plain_segments(messages: Sequence[dict], train: Sequence[bool]) -> list[tup
   return segs
 
 
-class _Encoder:
+class Encoder:
   """One record -> (ids, mask), or None when there is nothing to learn from it."""
 
   def __init__(self, cfg: DemoConfig, tokenizer):
@@ -306,7 +335,7 @@ class _Encoder:
     return ids, mask
 
 
-def _truncate(ids, mask, cfg: DemoConfig, stats: Stats, origin: str, index: int):
+def truncate_example(ids, mask, cfg: DemoConfig, stats: Stats, origin: str, index: int):
   """Applies cfg.truncation to a sequence longer than cfg.max_len; None means skip it."""
   n = len(ids)
   if n <= cfg.max_len:
@@ -362,7 +391,7 @@ def examples_from_records(records: Iterable[dict] | Iterable[tuple[str, int, dic
   The one path for files, the hub and in-memory lists (the built-in task's
   [{"prompt", "response"}]); `cfg.source` is not read here.
   """
-  enc = _Encoder(cfg, tokenizer)
+  enc = Encoder(cfg, tokenizer)
   stats, out = Stats(), []
   t0 = time.perf_counter()
   for i, item in enumerate(records):
@@ -380,7 +409,7 @@ def examples_from_records(records: Iterable[dict] | Iterable[tuple[str, int, dic
     if cfg.add_bos and tokenizer.bos_id is not None and (not ids or ids[0] != tokenizer.bos_id):
       ids, mask = [tokenizer.bos_id] + ids, [False] + mask
     if cfg.format != "text":  # documents are packed into rows, not truncated
-      res = _truncate(ids, mask, cfg, stats, org, idx)
+      res = truncate_example(ids, mask, cfg, stats, org, idx)
       if res is None:
         continue
       ids, mask = res

@@ -20,6 +20,8 @@ from rlhf_jax.errors import ShapeError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.layers import _INIT, Attention, Mlp, Norm
 
+HEADS = ("lm", "score", "lm+score")
+
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -72,17 +74,21 @@ class Block(nn.Module):
 class Decoder(nn.Module):
   """Decoder-only transformer with an LM head and an optional scalar (value / reward) head.
 
-  Call: `(tokens_BxT, attention_mask_BxT, positions_BxT=None, cache=None, outputs=("logits",))`
-  returns `(dict, new_cache)`. `outputs` picks among "logits" [B,T,V] float32, "scores" [B,T]
+  `heads` says which heads the params hold: "lm" (a policy), "score" (a reward model or critic:
+  no LM head matrix, no optimizer state for it) or "lm+score" (a policy with a value head).
+  Call: `(tokens_BxT, attention_mask_BxT, positions_BxT=None, cache=None, outputs=None)`
+  returns `(dict, new_cache)`. `outputs` (default: each head's output) picks among "logits" [B,T,V] float32, "scores" [B,T]
   float32 (the scalar head at every position), and "hidden" [B,T,D] (after the final norm).
   Positions default to the count of real tokens before each one (left padding safe).
   """
 
   config: ModelConfig
-  score_head: bool = False
+  heads: str = "lm"
 
   def setup(self):
     cfg = self.config
+    if self.heads not in HEADS:
+      raise ValueError(f"heads={self.heads!r} must be one of {HEADS}")
     self.embed = self.param(
         "embed", nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
         (cfg.vocab_size, cfg.hidden), cfg.storage_dtype)
@@ -101,11 +107,11 @@ class Decoder(nn.Module):
     else:
       self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
     self.final_norm = Norm(cfg, name="final_norm")
-    if not cfg.tie_embeddings:
+    if "lm" in self.heads.split("+") and not cfg.tie_embeddings:
       self.lm_head = self.param(
           "lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
           (cfg.hidden, cfg.vocab_size), cfg.storage_dtype)
-    if self.score_head:
+    if "score" in self.heads.split("+"):
       self.score_kernel = self.param(
           "score_kernel", nn.with_logical_partitioning(_INIT, ("embed", None)),
           (cfg.hidden, 1), cfg.storage_dtype)
@@ -114,8 +120,10 @@ class Decoder(nn.Module):
           cfg.storage_dtype)
 
   def __call__(self, tokens_BxT, attention_mask_BxT, positions_BxT=None,
-               cache: KVCache | None = None, outputs: Sequence[str] = ("logits",)):
+               cache: KVCache | None = None, outputs: Sequence[str] | None = None):
     cfg = self.config
+    if outputs is None:  # what the model's heads give
+      outputs = tuple({"lm": "logits", "score": "scores"}[h] for h in self.heads.split("+"))
     b, t = tokens_BxT.shape
     span = t if cache is None else cache.max_len
     if span > cfg.max_seq_len:
@@ -161,12 +169,14 @@ class Decoder(nn.Module):
     if "hidden" in outputs:
       out["hidden"] = x
     if "logits" in outputs:
+      if "lm" not in self.heads.split("+"):
+        raise ValueError("outputs asks for 'logits' but the model has no LM head")
       w = self.embed.T if cfg.tie_embeddings else self.lm_head
       logits = jnp.einsum("btd,dv->btv", x, w.astype(cfg.compute_dtype),
                           preferred_element_type=jnp.float32)
       out["logits"] = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     if "scores" in outputs:
-      if not self.score_head:
+      if "score" not in self.heads.split("+"):
         raise ValueError("outputs asks for 'scores' but the model has no score head")
       s = x.astype(jnp.float32) @ self.score_kernel.astype(jnp.float32)
       out["scores"] = s[..., 0] + self.score_bias[0].astype(jnp.float32)
@@ -177,16 +187,17 @@ class Decoder(nn.Module):
     return out, new_cache
 
 
-def init_params(cfg: ModelConfig, rng: jax.Array, score_head: bool = False):
+def init_params(cfg: ModelConfig, rng: jax.Array, heads: str = "lm"):
   """Unboxed parameter pytree (no sharding); use `rlhf_jax.parallel` for sharded init."""
   tokens = jnp.zeros((1, min(8, cfg.max_seq_len)), jnp.int32)
-  variables = Decoder(cfg, score_head).init(rng, tokens, jnp.ones_like(tokens, bool))
+  variables = Decoder(cfg, heads).init(rng, tokens, jnp.ones_like(tokens, bool))
   return nn.meta.unbox(variables["params"])
 
 
 def forward(cfg: ModelConfig, params, tokens_BxT, attention_mask_BxT, positions_BxT=None,
-            outputs: Sequence[str] = ("logits",), score_head: bool = False):
+            outputs: Sequence[str] | None = None, heads: str = "lm"):
   """Full forward pass without a cache: a dict with the requested `outputs`."""
-  out, _ = Decoder(cfg, score_head).apply({"params": params}, tokens_BxT, attention_mask_BxT,
-                                          positions_BxT, None, tuple(outputs))
+  outputs = None if outputs is None else tuple(outputs)
+  out, _ = Decoder(cfg, heads).apply({"params": params}, tokens_BxT, attention_mask_BxT,
+                                     positions_BxT, None, outputs)
   return out

@@ -1,14 +1,22 @@
 """Where a stage's model comes from: a preset (random init), a Hugging Face checkpoint directory,
 or the latest params of an earlier stage's workdir (pretrain -> SFT -> reward model).
 
-`build(config, tokenizer)` returns (ModelConfig, host params or None); None means "initialise
-randomly, born sharded". Not for: optimizer state or resuming the same stage (see lm_stage).
+`build(config, tokenizer, heads)` returns (ModelConfig, params or None); None means "initialise
+randomly, born sharded". `heads` is what this stage trains ("lm" for pretrain/SFT, "score" for a
+reward model): a source with other heads is adapted by `adapt_heads` (an SFT policy becomes a
+reward model by dropping its LM head and gaining a fresh scalar head). Every stage writes
+`model.json` (`write_model_json`) so the next one knows the shape and heads of its params.
+Not for: optimizer state or resuming the same stage (see lm_stage).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+
+import jax
+import numpy as np
 
 from rlhf_jax import checkpoint, parallel
 from rlhf_jax.errors import ConfigError, DataError
@@ -18,7 +26,7 @@ from rlhf_jax.train.state import param_shardings
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
 
 
-def build(config, tokenizer, score_head: bool = False, load_params: bool = True):
+def build(config, tokenizer, heads: str = "lm", load_params: bool = True):
   """(ModelConfig, params or None); with load_params=False only the config is read."""
   model_d = {k: v for k, v in dict(config.model).items() if v is not None}
   if config.init.hf_checkpoint and config.init.from_workdir:
@@ -28,10 +36,11 @@ def build(config, tokenizer, score_head: bool = False, load_params: bool = True)
     runtime = {k: model_d[k] for k in _RUNTIME_FIELDS if k in model_d}
     if load_params:
       model_cfg, params = hf.load_checkpoint(config.init.hf_checkpoint, **runtime)
+      params = adapt_heads(params, model_cfg, "lm", heads, config.seed)
     else:
       model_cfg, params = hf.config_from_hf(config.init.hf_checkpoint, **runtime), None
   elif config.init.from_workdir:
-    model_cfg, params = load_workdir_params(config.init.from_workdir, config, score_head,
+    model_cfg, params = load_workdir_params(config.init.from_workdir, config, heads,
                                             load_params)
   else:
     model_cfg, params = ModelConfig.from_dict(model_d), None
@@ -44,14 +53,19 @@ def build(config, tokenizer, score_head: bool = False, load_params: bool = True)
   return model_cfg, params
 
 
-def load_workdir_params(workdir: str, config, score_head: bool = False,
-                        load_params: bool = True):
-  """(ModelConfig, params) from an earlier stage's workdir, read onto this run's mesh."""
+def read_model_json(workdir: str) -> dict:
   path = os.path.join(workdir, "model.json")
   if not os.path.exists(path):
-    raise DataError(f"init.from_workdir={workdir!r}: no model.json there (has that stage run?)")
+    raise DataError(f"{workdir!r} has no model.json (has that stage run there?)")
   with open(path, encoding="utf-8") as f:
-    d = json.load(f)["model"]
+    return json.load(f)
+
+
+def load_workdir_params(workdir: str, config, heads: str = "lm", load_params: bool = True):
+  """(ModelConfig, params) from an earlier stage's workdir, read onto this run's mesh and
+  adapted to `heads`."""
+  info = read_model_json(workdir)
+  d, src_heads = info["model"], info.get("heads", "lm")
   runtime = {k: v for k, v in dict(config.model).items() if k in _RUNTIME_FIELDS and v is not None}
   d.update(runtime)
   if isinstance(d.get("rope_llama3_scaling"), list):
@@ -62,9 +76,48 @@ def load_workdir_params(workdir: str, config, score_head: bool = False,
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
 
-  abstract, shardings = param_shardings(model_cfg, mesh, rules, score_head)
+  abstract, shardings = param_shardings(model_cfg, mesh, rules, src_heads)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  if ckpt.latest_step() is None:
+    raise DataError(f"{workdir!r} has a model.json but no checkpoint (did that stage finish "
+                    "its first save?)")
   params = ckpt.restore_params(abstract, shardings)
   ckpt.close()
-  return model_cfg, params
+  return model_cfg, adapt_heads(params, model_cfg, src_heads, heads, config.seed)
+
+
+def adapt_heads(params: dict, model_cfg: ModelConfig, src: str, dst: str, seed: int) -> dict:
+  """Params with `src` heads -> params with `dst` heads: an LM head not wanted is dropped; a
+  missing scalar head is initialised (kernel ~ N(0, 1/hidden), bias 0). An LM head cannot be
+  made up, so a score-only source cannot become a policy."""
+  src_set, dst_set = set(src.split("+")), set(dst.split("+"))
+  if "lm" in dst_set and "lm" not in src_set:
+    raise ConfigError(f"the source model has heads {src!r}: it has no LM head to start a "
+                      f"{dst!r} model from")
+  params = dict(params)
+  if "lm" not in dst_set:
+    params.pop("lm_head", None)
+  if "score" not in dst_set:
+    params.pop("score_kernel", None)
+    params.pop("score_bias", None)
+  elif "score_kernel" not in params:
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 17)
+    dtype = model_cfg.storage_dtype
+    params["score_kernel"] = np.asarray(jax.random.normal(key, (model_cfg.hidden, 1)) /
+                                        np.sqrt(model_cfg.hidden), dtype)
+    params["score_bias"] = np.zeros((1,), dtype)
+  return params
+
+
+def write_model_json(workdir: str, model_cfg: ModelConfig, config, heads: str = "lm",
+                     extra: dict | None = None) -> None:
+  """What a later stage needs to read this stage's params: shape, heads, tokenizer."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  d = {"model": dataclasses.asdict(model_cfg), "heads": heads, "stage": config.stage,
+       "tokenizer": config.data.tokenizer or config.init.hf_checkpoint}
+  d.update(extra or {})
+  with open(os.path.join(workdir, "model.json"), "w", encoding="utf-8") as f:
+    json.dump(d, f, indent=1)
 

@@ -77,26 +77,26 @@ class OptimConfig:
     return optax.chain(*parts)
 
 
-def _boxed_params_fn(model_cfg: ModelConfig, score_head: bool):
+def _boxed_params_fn(model_cfg: ModelConfig, heads: str):
   """rng -> params boxed with their logical axis names (`nn.Partitioned` leaves)."""
   def boxed_params(rng):
     tokens = jnp.zeros((1, min(8, model_cfg.max_seq_len)), jnp.int32)
-    return Decoder(model_cfg, score_head).init(rng, tokens, jnp.ones_like(tokens, bool))["params"]
+    return Decoder(model_cfg, heads).init(rng, tokens, jnp.ones_like(tokens, bool))["params"]
   return boxed_params
 
 
-def param_shardings(model_cfg: ModelConfig, mesh, rules, score_head: bool = False):
+def param_shardings(model_cfg: ModelConfig, mesh, rules, heads: str = "lm"):
   """(abstract params, their NamedShardings under `rules`) without allocating anything."""
-  abstract_boxed = jax.eval_shape(_boxed_params_fn(model_cfg, score_head),
+  abstract_boxed = jax.eval_shape(_boxed_params_fn(model_cfg, heads),
                                   jax.random.PRNGKey(0))
   return (nn.meta.unbox(abstract_boxed),
           parallel.logical_shardings(abstract_boxed, mesh, rules))
 
 
-def state_shardings(model_cfg: ModelConfig, tx, mesh, rules, score_head: bool = False):
+def state_shardings(model_cfg: ModelConfig, tx, mesh, rules, heads: str = "lm"):
   """(abstract TrainState, its NamedShardings, boxed-params init fn), allocating nothing."""
-  abstract_params, param_sh = param_shardings(model_cfg, mesh, rules, score_head)
-  boxed_params = _boxed_params_fn(model_cfg, score_head)
+  abstract_params, param_sh = param_shardings(model_cfg, mesh, rules, heads)
+  boxed_params = _boxed_params_fn(model_cfg, heads)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = parallel.replicated(mesh)
   # Moment buffers shard like their parameter; counters and the like are replicated.
@@ -109,12 +109,12 @@ def state_shardings(model_cfg: ModelConfig, tx, mesh, rules, score_head: bool = 
 
 
 def create_state(model_cfg: ModelConfig, tx, mesh, rules, seed: int, params=None,
-                 score_head: bool = False):
+                 heads: str = "lm"):
   """A fresh TrainState born sharded; `params` (host arrays, e.g. from a HF checkpoint) if given.
 
   Returns (state, shardings).
   """
-  _, shardings, boxed_params = state_shardings(model_cfg, tx, mesh, rules, score_head)
+  _, shardings, boxed_params = state_shardings(model_cfg, tx, mesh, rules, heads)
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
 

@@ -1,0 +1,436 @@
+"""Comparison data for the reward model: one prompt, K >= 2 responses, and how people ranked them.
+
+One in-memory form, `Comparison`, whatever the source:
+- "hh": Anthropic hh-rlhf records, `chosen` and `rejected` whole dialogues ("\\n\\nHuman: ...
+  \\n\\nAssistant: ...") that share every turn but the last assistant reply: the shared turns are
+  the prompt, the two final replies are the responses (chosen ranked first);
+- "pairs": (prompt, chosen, rejected) with configurable field names, optional per-record margin;
+- "ranked": (prompt, [responses], ranking) for K-way data: `ranking_field` lists response indices
+  best first, or `scores_field` gives a score per response (higher is better, equal = tie);
+- the built-in task's simulated labelers ranking samples of the SFT policy, made by the
+  reward-model stage and stored in the workdir as "ranked" JSON lines with the token ids beside
+  the text (`prompt_ids`, `response_ids`), read back exactly.
+That last file is the documented record schema every source can be exported to:
+  {"prompt": str, "responses": [str, ...], "ranking": [best index, ..., worst index],
+   "labeler": str (optional), "prompt_ids": [int] and "response_ids": [[int]] (optional)}
+
+Each response becomes one row, prompt + response + EOS, rendered exactly as the SFT stage renders
+a demonstration (same template or chat template), so the reward model reads what the policy
+writes. Records are skipped and counted, by an explicit policy the stage logs: ties (no ordered
+pair left), empty responses, identical responses (hh: chosen == rejected), hh pairs whose
+dialogues differ before the final reply, and rows over `max_len` under truncation="skip"
+("truncate_prompt_left" drops the oldest prompt tokens; "error" stops). Within a K-way record an
+empty or duplicate response is dropped and the record kept if two ranks remain. A malformed
+record stops the run with its file and line.
+
+Splits: as for demonstrations, a hub `eval_split` or a hash split of the source by the prompt
+(hh: by the first human turn, so no conversation's opening lands on both sides).
+Not for: sampling the built-in comparisons (the reward-model stage), batching on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from rlhf_jax.data.demonstrations import (DemoConfig, Encoder, Stats as _DemoStats, _lookup,
+                                          _MISSING, get_field, in_eval_split, is_local,
+                                          read_records, split_dialogue, truncate_example)
+from rlhf_jax.errors import ConfigError, DataError
+
+FORMATS = ("hh", "pairs", "ranked")
+TRUNCATION = ("skip", "truncate_prompt_left", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """rows[k]: int32 token ids of prompt + response k (+ EOS); response_lens[k]: how many of the
+  row's last tokens are the response; ranks[k]: 0 = best, equal ranks = tied."""
+
+  rows: tuple[np.ndarray, ...]
+  response_lens: tuple[int, ...]
+  ranks: tuple[int, ...]
+  margin: float = 0.0
+
+  @property
+  def k(self) -> int:
+    return len(self.rows)
+
+  def prompt_ids(self, i: int = 0) -> np.ndarray:
+    return self.rows[i][:len(self.rows[i]) - self.response_lens[i]]
+
+  def response_ids(self, i: int) -> np.ndarray:
+    return self.rows[i][len(self.rows[i]) - self.response_lens[i]:]
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonConfig:
+  source: str
+  format: str = "hh"
+  chosen_field: str = "chosen"
+  rejected_field: str = "rejected"
+  prompt_field: str = "prompt"
+  responses_field: str = "responses"
+  ranking_field: str = "ranking"
+  scores_field: str = ""  # "ranked": scores instead of a ranking
+  margin_field: str = ""  # "pairs": an optional per-record margin
+  prompt_template: str | None = None
+  max_len: int = 512
+  truncation: str = "truncate_prompt_left"
+  train_split: str = "train"
+  eval_split: str | None = None
+  eval_fraction: float = 0.05
+  max_records: int | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.source, str) or not self.source:
+      raise ConfigError(f"data.source={self.source!r} must be a non-empty path or dataset name")
+    if self.format not in FORMATS:
+      raise ConfigError(f"data.format={self.format!r} must be one of {FORMATS} for comparisons")
+    if self.truncation not in TRUNCATION:
+      raise ConfigError(f"data.truncation={self.truncation!r} must be one of {TRUNCATION}")
+    if self.max_len < 4:
+      raise ConfigError(f"data.max_len={self.max_len} must be at least 4")
+    if not 0 <= self.eval_fraction < 1:
+      raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+
+  def demo_config(self) -> DemoConfig:
+    """How one (prompt, response) row is rendered: the SFT stage's own rules."""
+    return DemoConfig(source=self.source, format="prompt_response", prompt_field="prompt",
+                      response_field="response", prompt_template=self.prompt_template,
+                      max_len=self.max_len, truncation=self.truncation)
+
+
+@dataclasses.dataclass
+class ComparisonStats:
+  kept: int = 0
+  pairs: int = 0  # ordered pairs in the kept records
+  skipped_tie: int = 0
+  skipped_empty: int = 0
+  skipped_identical: int = 0
+  skipped_mismatch: int = 0  # hh: the two dialogues differ before the final reply
+  skipped_long: int = 0
+  truncated: int = 0  # rows whose prompt was cut from the left
+  dropped_responses: int = 0  # K-way: empty or duplicate responses removed from a kept record
+
+  def __str__(self):
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dataclasses.asdict(self).items())
+
+
+# ---- hh-rlhf -----------------------------------------------------------------------------------
+def split_hh_pair(chosen: str, rejected: str):
+  """(prompt messages, chosen reply, rejected reply) of an hh-rlhf record, or None when the two
+  dialogues differ before their final assistant reply (or lack one)."""
+  mc, mr = split_dialogue(chosen), split_dialogue(rejected)
+  if not mc or not mr or mc[-1]["role"] != "assistant" or mr[-1]["role"] != "assistant":
+    return None
+  if mc[:-1] != mr[:-1]:
+    return None
+  return mc[:-1], mc[-1]["content"], mr[-1]["content"]
+
+
+def first_human_turn(text: str) -> str:
+  turns = split_dialogue(text)
+  users = [t["content"] for t in turns if t["role"] == "user"]
+  return users[0] if users else text[:200]
+
+
+# ---- records -> comparisons --------------------------------------------------------------------
+def ranks_from_order(order: Sequence[int], k: int, origin: str, index: int) -> list[int]:
+  """A ranking given as indices best first -> rank per response (0 = best)."""
+  order = [int(i) for i in order]
+  if sorted(order) != list(range(k)):
+    raise DataError(f"{origin}: record {index}: ranking {order} is not an ordering of the "
+                    f"{k} responses (indices 0..{k - 1}, each once)")
+  ranks = [0] * k
+  for r, i in enumerate(order):
+    ranks[i] = r
+  return ranks
+
+
+def ranks_from_scores(scores: Sequence[float]) -> list[int]:
+  """Higher score = better; equal scores share a rank (dense ranking)."""
+  levels = sorted(set(float(s) for s in scores), reverse=True)
+  return [levels.index(float(s)) for s in scores]
+
+
+class _Builder:
+  """Record -> Comparison or None (skipped, counted in stats)."""
+
+  def __init__(self, cfg: ComparisonConfig, tokenizer, stats: ComparisonStats):
+    self.cfg, self.tok, self.stats = cfg, tokenizer, stats
+    self.demo = cfg.demo_config()
+    self.enc = Encoder(self.demo, tokenizer)
+    self._demo_stats = _DemoStats()
+
+  def texts(self, rec, origin, index):
+    """(prompt: str or messages, [response str], [rank], margin) or None (counted)."""
+    cfg = self.cfg
+    if cfg.format == "hh":
+      chosen = get_field(rec, cfg.chosen_field, origin, index)
+      rejected = get_field(rec, cfg.rejected_field, origin, index)
+      if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise DataError(f"{origin}: record {index}: {cfg.chosen_field!r} and "
+                        f"{cfg.rejected_field!r} must be dialogue strings")
+      split = split_hh_pair(chosen, rejected)
+      if split is None:
+        self.stats.skipped_mismatch += 1
+        return None
+      prompt, a, b = split
+      return prompt, [a, b], [0, 1], 0.0
+    prompt = get_field(rec, cfg.prompt_field, origin, index)
+    if cfg.format == "pairs":
+      responses = [get_field(rec, cfg.chosen_field, origin, index),
+                   get_field(rec, cfg.rejected_field, origin, index)]
+      ranks = [0, 1]
+      margin = 0.0
+      if cfg.margin_field:
+        m = get_field(rec, cfg.margin_field, origin, index)
+        try:
+          margin = float(m)
+        except (TypeError, ValueError):
+          raise DataError(f"{origin}: record {index}: margin {m!r} is not a number") from None
+      return prompt, [str(r) for r in responses], ranks, margin
+    responses = get_field(rec, cfg.responses_field, origin, index)
+    if not isinstance(responses, (list, tuple)):
+      raise DataError(f"{origin}: record {index}: {cfg.responses_field!r} is not a list")
+    if cfg.scores_field:
+      scores = get_field(rec, cfg.scores_field, origin, index)
+      if not isinstance(scores, (list, tuple)) or len(scores) != len(responses):
+        raise DataError(f"{origin}: record {index}: {cfg.scores_field!r} must be a list with one "
+                        f"score per response ({len(responses)})")
+      try:
+        ranks = ranks_from_scores(scores)
+      except (TypeError, ValueError):
+        raise DataError(f"{origin}: record {index}: scores {scores!r} are not numbers") from None
+    else:
+      order = get_field(rec, cfg.ranking_field, origin, index)
+      if not isinstance(order, (list, tuple)):
+        raise DataError(f"{origin}: record {index}: {cfg.ranking_field!r} is not a list")
+      ranks = ranks_from_order(order, len(responses), origin, index)
+    return prompt, [str(r) for r in responses], ranks, 0.0
+
+  def encode_row(self, prompt, response: str, origin, index):
+    if isinstance(prompt, list):  # hh: the shared turns, then this reply
+      pair = self.enc._render(prompt + [{"role": "assistant", "content": response}],  # pylint: disable=protected-access
+                              [False] * len(prompt) + [True])
+    else:
+      pair = self.enc.encode({"prompt": str(prompt), "response": response}, origin, index)
+    if pair is None:
+      return None
+    ids, mask = pair
+    res = truncate_example(ids, mask, self.demo, self._demo_stats, origin, index)
+    if res is None:
+      return "long"
+    return np.asarray(res[0], np.int32), int(np.sum(res[1])), len(res[0]) < len(ids)
+
+  def build(self, rec, origin, index) -> Comparison | None:
+    got = self.texts(rec, origin, index)
+    if got is None:
+      return None
+    prompt, responses, ranks, margin = got
+    return self.from_texts(prompt, responses, ranks, margin, origin, index)
+
+  def from_texts(self, prompt, responses, ranks, margin, origin, index):
+    st = self.stats
+    keep, seen = [], set()
+    for resp, rank in zip(responses, ranks):
+      text = resp.strip()
+      if not text or text in seen:
+        keep.append(None)
+        continue
+      seen.add(text)
+      keep.append((text, rank))
+    live = [x for x in keep if x is not None]
+    if len(live) < 2:
+      if len(responses) == 2 and all(r.strip() for r in responses):
+        st.skipped_identical += 1
+      else:
+        st.skipped_empty += 1
+      return None
+    if len({r for _, r in live}) < 2:
+      st.skipped_tie += 1
+      return None
+    rows, lens, rks, cut = [], [], [], False
+    for text, rank in live:
+      row = self.encode_row(prompt, text, origin, index)
+      if row is None:
+        continue
+      if row == "long":
+        st.skipped_long += 1
+        return None
+      rows.append(row[0])
+      lens.append(row[1])
+      rks.append(rank)
+      cut |= row[2]
+    if len(rows) < 2 or len(set(rks)) < 2:
+      st.skipped_empty += 1
+      return None
+    st.dropped_responses += len(responses) - len(rows)
+    st.truncated += int(cut)
+    return self.add(Comparison(tuple(rows), tuple(lens), tuple(rks), margin))
+
+  def add(self, comp: Comparison) -> Comparison:
+    self.stats.kept += 1
+    r = np.asarray(comp.ranks)
+    self.stats.pairs += int(np.sum(r[:, None] < r[None, :]))
+    return comp
+
+
+def _split_key(rec: dict, cfg: ComparisonConfig) -> str:
+  if cfg.format == "hh":
+    v = _lookup(rec, cfg.chosen_field)
+    return "" if v is _MISSING else first_human_turn(str(v))
+  v = _lookup(rec, cfg.prompt_field)
+  return "" if v is _MISSING else str(v).strip()
+
+
+def comparisons_from_records(records: Iterable[tuple[str, int, dict]], tokenizer,
+                             cfg: ComparisonConfig):
+  """([Comparison], ComparisonStats) from (origin, index, record) triples."""
+  stats = ComparisonStats()
+  b = _Builder(cfg, tokenizer, stats)
+  out = []
+  for origin, index, rec in records:
+    if not isinstance(rec, dict):
+      raise DataError(f"{origin}: record {index} is a {type(rec).__name__}, not an object")
+    if "prompt_ids" in rec and "response_ids" in rec and rec.get("response_ids") is not None:
+      comp = _from_ids(rec, origin, index, cfg, b)
+    else:
+      comp = b.build(rec, origin, index)
+    if comp is not None:
+      out.append(comp)
+      if cfg.max_records and stats.kept >= cfg.max_records:
+        break
+  return out, stats
+
+
+def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
+  """A record that carries its own token ids (the built-in task's file): used exactly."""
+  prompt = [int(t) for t in rec["prompt_ids"]]
+  responses = [[int(t) for t in r] for r in rec["response_ids"]]
+  ranks = ranks_from_order(get_field(rec, cfg.ranking_field, origin, index), len(responses),
+                           origin, index)
+  rows, lens, rks = [], [], []
+  for r, rank in zip(responses, ranks):
+    if not r:
+      continue
+    row = prompt + r
+    if len(row) > cfg.max_len:
+      if cfg.truncation == "error":
+        raise DataError(f"{origin}: record {index} has a row of {len(row)} tokens, longer than "
+                        f"data.max_len={cfg.max_len}")
+      if cfg.truncation == "skip" or len(r) >= cfg.max_len:
+        b.stats.skipped_long += 1
+        return None
+      row = row[len(row) - cfg.max_len:]
+      b.stats.truncated += 1
+    rows.append(np.asarray(row, np.int32))
+    lens.append(len(r))
+    rks.append(rank)
+  if len(rows) < 2 or len(set(rks)) < 2:
+    b.stats.skipped_tie += 1
+    return None
+  return b.add(Comparison(tuple(rows), tuple(lens), tuple(rks)))
+
+
+def load_comparisons(cfg: ComparisonConfig, tokenizer, split: str):
+  """([Comparison], ComparisonStats) of `split` ("train" or "eval") from cfg.source."""
+  if split not in ("train", "eval"):
+    raise ConfigError(f"split={split!r} must be 'train' or 'eval'")
+  if cfg.eval_split:
+    if split == "train":
+      records = read_records(cfg.source, cfg.train_split)
+    elif is_local(cfg.source):
+      if not is_local(cfg.eval_split):
+        raise ConfigError(f"data.eval_split={cfg.eval_split!r}: with a local data.source the "
+                          "eval split is a local file or folder (or leave it empty to hold out "
+                          "data.eval_fraction of the source)")
+      records = read_records(cfg.eval_split)
+    else:
+      records = read_records(cfg.source, cfg.eval_split)
+  else:
+    records = read_records(cfg.source, cfg.train_split)
+    want_eval = split == "eval"
+    if cfg.eval_fraction > 0:
+      records = (r for r in records
+                 if in_eval_split(_split_key(r[2], cfg), cfg.eval_fraction) == want_eval)
+    elif want_eval:
+      records = iter(())
+  return comparisons_from_records(records, tokenizer, cfg)
+
+
+# ---- batches -----------------------------------------------------------------------------------
+def pad_comparisons(comps: Sequence[Comparison], k: int, seq_len: int, pad_id: int,
+                    rows: int | None = None) -> dict[str, np.ndarray]:
+  """{"tokens" [B,K,T] int32, "attention_mask" [B,K,T] bool, "ranks" [B,K] int32 (-1: no
+  response), "margin" [B] float32}; rows beyond len(comps) are empty (count for nothing)."""
+  rows = len(comps) if rows is None else rows
+  tokens = np.full((rows, k, seq_len), pad_id, np.int32)
+  mask = np.zeros((rows, k, seq_len), bool)
+  ranks = np.full((rows, k), -1, np.int32)
+  margin = np.zeros((rows,), np.float32)
+  for b, c in enumerate(comps):
+    if c.k > k:
+      raise DataError(f"a comparison with {c.k} responses does not fit K={k}")
+    for j, row in enumerate(c.rows):
+      if len(row) > seq_len:
+        raise DataError(f"a row of {len(row)} tokens does not fit seq_len={seq_len}")
+      tokens[b, j, :len(row)] = row
+      mask[b, j, :len(row)] = True
+      ranks[b, j] = c.ranks[j]
+    margin[b] = c.margin
+  return {"tokens": tokens, "attention_mask": mask, "ranks": ranks, "margin": margin}
+
+
+def response_lengths(comps: Sequence[Comparison], k: int) -> np.ndarray:
+  """int32[N, K]: each response's token count (0 where absent), for the length baselines."""
+  out = np.zeros((len(comps), k), np.int32)
+  for b, c in enumerate(comps):
+    out[b, :c.k] = c.response_lens
+  return out
+
+
+class ComparisonIterator:
+  """Shuffled batches of whole comparisons, epoch after epoch; `state()`/`restore()` make a
+  resumed run read exactly the batches an uninterrupted one would. Each process reads its own
+  slice of every global batch."""
+
+  def __init__(self, comps: Sequence[Comparison], batch_size: int, k: int, seq_len: int,
+               pad_id: int, seed: int, process_index: int = 0, process_count: int = 1):
+    if not comps:
+      raise DataError("no training comparisons (every record was skipped or the source is "
+                      "empty)")
+    if batch_size % process_count:
+      raise ConfigError(f"train.batch_size={batch_size} does not divide over {process_count} "
+                        "processes")
+    self.comps, self.batch_size, self.k, self.seq_len = comps, batch_size, k, seq_len
+    self.pad_id, self.seed = pad_id, seed
+    self.pid, self.procs = process_index, process_count
+    self.epoch, self.pos = 0, 0
+    self._order = self._make_order()
+
+  def _make_order(self) -> np.ndarray:
+    return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.comps))
+
+  def state(self) -> dict:
+    return {"epoch": self.epoch, "pos": self.pos}
+
+  def restore(self, state: dict) -> None:
+    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+    self._order = self._make_order()
+
+  def next(self) -> dict[str, np.ndarray]:
+    picked = []
+    while len(picked) < self.batch_size:
+      if self.pos >= len(self._order):
+        self.epoch, self.pos = self.epoch + 1, 0
+        self._order = self._make_order()
+      take = min(self.batch_size - len(picked), len(self._order) - self.pos)
+      picked.extend(self._order[self.pos:self.pos + take])
+      self.pos += take
+    per = self.batch_size // self.procs
+    mine = picked[self.pid * per:(self.pid + 1) * per]
+    return pad_comparisons([self.comps[i] for i in mine], self.k, self.seq_len, self.pad_id)

@@ -1,0 +1,1 @@
+"""The reward model: losses, combination of several models, evaluation, Elo ratings."""

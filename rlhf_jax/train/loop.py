@@ -1,0 +1,68 @@
+"""The training loop every supervised stage shares (pretrain, SFT, reward model).
+
+`train_loop` steps a jitted `train_step(state, batch) -> (state, metrics)` from a resumable batch
+iterator, logs every `train.log_every` steps (loss, tokens/s, model FLOPs utilisation, ETA),
+evaluates every `train.eval_every` steps, checkpoints every `train.checkpoint_every` steps and at
+the end (with the iterator's position, so a resumed run reads the batches an uninterrupted one
+would), and stops early at `train.stop_at` as a pre-empted run would.
+Not for: building the state, the steps or the data (each stage does that).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from rlhf_jax import metrics
+
+
+def train_loop(*, stage: str, state, train_step: Callable, batches, put: Callable,
+               evaluate: Callable[[Any, int], dict], ckpt, tc, writer, flops_per_token: float,
+               peak_flops: float, tokens_in: Callable[[dict], int]):
+  """Runs to `tc.steps` (or `tc.stop_at`); returns (state, step, history of eval dicts).
+
+  batches: has next() -> host batch, state() and restore(); put: host batch -> device batch;
+  evaluate(params, step) -> metrics dict (it may print samples); tokens_in(batch) -> real
+  tokens in this process's part of the batch.
+  """
+  step = int(state.step)
+  stop = min(tc.stop_at or tc.steps, tc.steps)
+  progress = metrics.Progress(tc.steps, start=step)
+  history = []
+  if step == 0 or step >= tc.steps:
+    history.append(writer.write(step, evaluate(state.params, step)))
+  t_last, tokens_since, first_step = time.perf_counter(), 0, True
+  while step < stop:
+    batch = batches.next()
+    tokens_since += tokens_in(batch) * jax.process_count()
+    state, step_metrics = train_step(state, put(batch))
+    step += 1
+    if first_step:  # keep compilation out of the first tokens/s figure
+      jax.block_until_ready(step_metrics)
+      t_last, tokens_since, first_step = time.perf_counter(), 0, False
+    if step % tc.log_every == 0 or step == tc.steps:
+      # The clock is read when the step has finished, not when it was queued: one stall per log.
+      jax.block_until_ready(step_metrics)
+      dt = max(time.perf_counter() - t_last, 1e-9)
+      vals = {k: np.asarray(v) for k, v in step_metrics.items()}
+      vals["tokens_per_s"] = tokens_since / dt
+      # Model FLOPs utilisation counts the FLOPs the model needs (6N + attention per token), not
+      # what remat recomputes; the peak is the device's dense bf16 figure or train.peak_tflops.
+      vals["model_tflops"] = vals["tokens_per_s"] * flops_per_token / 1e12
+      if peak_flops:
+        vals["mfu"] = vals["tokens_per_s"] * flops_per_token / peak_flops
+      writer.write(step, vals)
+      writer.text(f"  progress {progress.eta(step)}")
+      t_last, tokens_since = time.perf_counter(), 0
+    if step % tc.checkpoint_every == 0 or step == stop:
+      ckpt.save(step, state, {"data": batches.state(), "step": step}, force=True)
+    if step % tc.eval_every == 0 or step == tc.steps:
+      history.append(writer.write(step, evaluate(state.params, step)))
+  ckpt.close()
+  if step < tc.steps:
+    writer.text(f"[{stage}] stopped at step {step} of {tc.steps} (train.stop_at); run the same "
+                "command again to resume")
+  return state, step, history
