@@ -119,6 +119,14 @@ def batch_divisor(mesh: Mesh, rules) -> int:
   return math.prod(mesh.shape[a] for a in axes if a is not None)
 
 
+def check_batch_size(batch_size: int, mesh: Mesh, rules) -> None:
+  """At start, before any data is made: the global batch must split evenly over the mesh."""
+  div = batch_divisor(mesh, rules)
+  if batch_size % div:
+    raise ConfigError(f"train.batch_size={batch_size} does not divide over the mesh's batch "
+                      f"axes (size {div} of {dict(mesh.shape)}); use a multiple of {div}")
+
+
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.Array]:
   """Host numpy batch -> global jax.Arrays sharded over the batch axes.
 

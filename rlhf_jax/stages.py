@@ -13,6 +13,7 @@ from rlhf_jax.errors import ConfigError
 STAGES = {
     "pretrain": "rlhf_jax.train.lm_stage",
     "sft": "rlhf_jax.train.lm_stage",
+    "reward": "rlhf_jax.train.rm_stage",
 }
 
 

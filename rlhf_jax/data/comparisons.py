@@ -53,6 +53,7 @@ class Comparison:
   response_lens: tuple[int, ...]
   ranks: tuple[int, ...]
   margin: float = 0.0
+  group: str = ""  # where it came from (a file's subset folder), for per-source reports
 
   @property
   def k(self) -> int:
@@ -270,13 +271,24 @@ class _Builder:
       return None
     st.dropped_responses += len(responses) - len(rows)
     st.truncated += int(cut)
-    return self.add(Comparison(tuple(rows), tuple(lens), tuple(rks), margin))
+    return self.add(Comparison(tuple(rows), tuple(lens), tuple(rks), margin,
+                               group_of(origin)))
 
   def add(self, comp: Comparison) -> Comparison:
     self.stats.kept += 1
     r = np.asarray(comp.ranks)
     self.stats.pairs += int(np.sum(r[:, None] < r[None, :]))
     return comp
+
+
+def group_of(origin: str) -> str:
+  """The folder a record's file sits in ("helpful-base" for .../helpful-base/test.jsonl.gz:12),
+  or the hub source name."""
+  import os  # pylint: disable=g-import-not-at-top
+  path = origin.rsplit(":", 1)[0] if origin.rsplit(":", 1)[-1].isdigit() else origin
+  if os.path.isfile(path):
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+  return path
 
 
 def _split_key(rec: dict, cfg: ComparisonConfig) -> str:
@@ -313,10 +325,12 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
   responses = [[int(t) for t in r] for r in rec["response_ids"]]
   ranks = ranks_from_order(get_field(rec, cfg.ranking_field, origin, index), len(responses),
                            origin, index)
-  rows, lens, rks = [], [], []
+  rows, lens, rks, seen = [], [], [], set()
   for r, rank in zip(responses, ranks):
-    if not r:
+    if not r or tuple(r) in seen:  # empty, or a sample identical to one already kept
+      b.stats.dropped_responses += 1
       continue
+    seen.add(tuple(r))
     row = prompt + r
     if len(row) > cfg.max_len:
       if cfg.truncation == "error":
@@ -333,33 +347,48 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
   if len(rows) < 2 or len(set(rks)) < 2:
     b.stats.skipped_tie += 1
     return None
-  return b.add(Comparison(tuple(rows), tuple(lens), tuple(rks)))
+  return b.add(Comparison(tuple(rows), tuple(lens), tuple(rks), group=group_of(origin)))
 
 
-def load_comparisons(cfg: ComparisonConfig, tokenizer, split: str):
-  """([Comparison], ComparisonStats) of `split` ("train" or "eval") from cfg.source."""
+def split_records(cfg: ComparisonConfig, split: str):
+  """(origin, index, record) of `split` ("train" or "eval"), before any parsing."""
   if split not in ("train", "eval"):
     raise ConfigError(f"split={split!r} must be 'train' or 'eval'")
   if cfg.eval_split:
     if split == "train":
-      records = read_records(cfg.source, cfg.train_split)
-    elif is_local(cfg.source):
+      return read_records(cfg.source, cfg.train_split)
+    if is_local(cfg.source):
       if not is_local(cfg.eval_split):
         raise ConfigError(f"data.eval_split={cfg.eval_split!r}: with a local data.source the "
                           "eval split is a local file or folder (or leave it empty to hold out "
                           "data.eval_fraction of the source)")
-      records = read_records(cfg.eval_split)
-    else:
-      records = read_records(cfg.source, cfg.eval_split)
-  else:
-    records = read_records(cfg.source, cfg.train_split)
-    want_eval = split == "eval"
-    if cfg.eval_fraction > 0:
-      records = (r for r in records
-                 if in_eval_split(_split_key(r[2], cfg), cfg.eval_fraction) == want_eval)
-    elif want_eval:
-      records = iter(())
-  return comparisons_from_records(records, tokenizer, cfg)
+      return read_records(cfg.eval_split)
+    return read_records(cfg.source, cfg.eval_split)
+  records = read_records(cfg.source, cfg.train_split)
+  want_eval = split == "eval"
+  if cfg.eval_fraction > 0:
+    return (r for r in records
+            if in_eval_split(_split_key(r[2], cfg), cfg.eval_fraction) == want_eval)
+  return iter(()) if want_eval else records
+
+
+def load_comparisons(cfg: ComparisonConfig, tokenizer, split: str):
+  """([Comparison], ComparisonStats) of `split` ("train" or "eval") from cfg.source."""
+  return comparisons_from_records(split_records(cfg, split), tokenizer, cfg)
+
+
+def record_texts(cfg: ComparisonConfig, split: str = "train"):
+  """Every text of a split's records (prompts and responses), e.g. to train a tokenizer on."""
+  fields = ((cfg.chosen_field, cfg.rejected_field) if cfg.format == "hh" else
+            (cfg.prompt_field, cfg.chosen_field, cfg.rejected_field) if cfg.format == "pairs"
+            else (cfg.prompt_field, cfg.responses_field))
+  for _, _, rec in split_records(cfg, split):
+    for f in fields:
+      v = _lookup(rec, f)
+      if isinstance(v, (list, tuple)):
+        yield from (str(x) for x in v)
+      elif v is not _MISSING:
+        yield str(v)
 
 
 # ---- batches -----------------------------------------------------------------------------------
@@ -383,6 +412,14 @@ def pad_comparisons(comps: Sequence[Comparison], k: int, seq_len: int, pad_id: i
       ranks[b, j] = c.ranks[j]
     margin[b] = c.margin
   return {"tokens": tokens, "attention_mask": mask, "ranks": ranks, "margin": margin}
+
+
+def rank_matrix(comps: Sequence[Comparison], k: int) -> np.ndarray:
+  """int32[N, K]: ranks (0 = best, -1 where there is no response)."""
+  out = np.full((len(comps), k), -1, np.int32)
+  for b, c in enumerate(comps):
+    out[b, :c.k] = c.ranks
+  return out
 
 
 def response_lengths(comps: Sequence[Comparison], k: int) -> np.ndarray:

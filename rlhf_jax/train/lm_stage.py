@@ -30,6 +30,7 @@ def run(config, workdir: str) -> dict:
   tc = config.train
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
+  parallel.check_batch_size(tc.batch_size, mesh, rules)
   writer = metrics.MetricWriter(workdir, prefix=stage)
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)

@@ -1,19 +1,20 @@
 """The compiled steps of the language-model stages: one optimizer step and one eval batch.
 
 `make_lm_steps` closes over the model config and optimizer and returns two functions jitted once
-with explicit in/out shardings; the train step donates the state it replaces. The batch is the
-dict made by `rlhf_jax.data.batching` ("tokens", "loss_mask", "attention_mask", each [B, T]).
+with explicit in/out shardings (`jit_steps.compile_steps`); the train step donates its state.
+The batch is the dict made by `rlhf_jax.data.batching` ("tokens", "loss_mask",
+"attention_mask", each [B, T]).
 """
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import losses, parallel
+from rlhf_jax import losses
 from rlhf_jax.models import ModelConfig, forward
+from rlhf_jax.train.jit_steps import compile_steps
 from rlhf_jax.train.state import TrainState
 
 BATCH_KEYS = ("tokens", "loss_mask", "attention_mask")
@@ -42,34 +43,6 @@ def eval_step(params, batch, *, model_cfg: ModelConfig):
 
 def make_lm_steps(model_cfg: ModelConfig, tx, mesh, rules, shardings: TrainState):
   """(train_step(state, batch) -> (state, metrics), eval_step(params, batch) -> sums), jitted."""
-  batch_sh = {k: parallel.batch_sharding(mesh, rules) for k in BATCH_KEYS}
-  rep = parallel.replicated(mesh)
-
-  def with_rules(fn):
-    def wrapped(*args):
-      with nn.logical_axis_rules(rules):
-        return fn(*args)
-    return wrapped
-
-  def train(state, batch):
-    return train_step(state, batch, model_cfg=model_cfg, tx=tx)
-
-  def evaluate(params, batch):
-    return eval_step(params, batch, model_cfg=model_cfg)
-
-  train_jit = jax.jit(with_rules(train), in_shardings=(shardings, batch_sh),
-                      out_shardings=(shardings, rep), donate_argnums=0)
-  eval_jit = jax.jit(with_rules(evaluate), in_shardings=(shardings.params, batch_sh),
-                     out_shardings=rep)
-
-  def run_train(state, batch):
-    with jax.set_mesh(mesh):
-      return train_jit(state, batch)
-
-  def run_eval(params, batch):
-    with jax.set_mesh(mesh):
-      return eval_jit(params, batch)
-
-  run_train.jitted = train_jit
-  run_eval.jitted = eval_jit
-  return run_train, run_eval
+  return compile_steps(lambda state, batch: train_step(state, batch, model_cfg=model_cfg, tx=tx),
+                       lambda params, batch: eval_step(params, batch, model_cfg=model_cfg),
+                       mesh, rules, shardings, {k: 2 for k in BATCH_KEYS})

@@ -1,0 +1,97 @@
+"""Reward model: a scalar reward learned from comparisons (pairs or K-way rankings).
+
+  python -m rlhf_jax.main --config=configs/sft.py        # first: the SFT policy (runs/sft)
+  python -m rlhf_jax.main --config=configs/reward.py     # built-in task, CPU, minutes
+  python -m rlhf_jax.main --config=configs/reward.py:hh --config.init.hf_checkpoint=/ckpt/...
+  python -m rlhf_jax.main --config=configs/reward.py:hh_scratch \
+      --config.data.source=../shared/data/hh-rlhf    # a small RM from scratch, local files
+
+Presets (`:name`): "" (built-in task: SFT samples ranked by simulated labelers), "hh"
+(Anthropic/hh-rlhf on the hub, from a Hugging Face checkpoint), "hh_scratch" (hh-rlhf-format
+files, a small model from scratch with a BPE tokenizer trained on the training split), "pairs"
+(prompt/chosen/rejected records from a checkpoint), "ranked" (prompt/responses/ranking records).
+"""
+
+from ml_collections import config_dict
+
+from rlhf_jax import config_base
+
+
+def get_config(arg=None):
+  preset, _ = config_base.parse_arg(arg)
+  c = config_base.base_config("reward")
+  c.init.from_workdir = "runs/sft"  # InstructGPT: the RM starts from the SFT model
+  c.data.update({
+      # "hh" (chosen/rejected dialogues), "pairs" (prompt/chosen/rejected) or "ranked"
+      # (prompt/responses/ranking); ignored for the built-in task.
+      "format": "hh",
+      "chosen_field": "chosen",
+      "rejected_field": "rejected",
+      "responses_field": "responses",
+      "ranking_field": "ranking",  # response indices, best first
+      "scores_field": "",  # "ranked": a score per response instead (higher better, = ties)
+      "margin_field": "",  # "pairs": a per-record margin added to loss.margin
+  })
+  c.data.max_len = 64
+  c.data.eval_fraction = 0.2
+  c.data.builtin_train = 2000  # prompts, each with num_responses ranked samples
+  c.data.builtin_eval = 400
+  # Built-in task only: K samples per prompt, from this SFT workdir ("" = init.from_workdir),
+  # ranked by one of num_labelers simulated labelers.
+  c.data.num_responses = 4
+  c.data.num_labelers = 3
+  c.data.policy_workdir = ""
+  c.data.sample_temperature = 1.0
+  c.loss = config_dict.ConfigDict({
+      "margin": 0.0,  # Llama 2's margin, added to every pair
+      "per_prompt": True,  # InstructGPT: average a prompt's K(K-1)/2 pairs, then prompts
+      "center_coef": 0.0,  # coef · mean(r²): keeps rewards centred
+  })
+  c.train.steps = 400
+  c.train.batch_size = 16
+  c.train.log_every = 50
+  c.train.eval_every = 100
+  c.train.eval_batches = 0  # the whole held-out set
+  c.train.checkpoint_every = 200
+  c.train.num_samples = 0
+  c.optim.learning_rate = 5e-4
+  c.optim.warmup_steps = 20
+  if preset in ("hh", "pairs", "ranked"):
+    c.init.from_workdir = ""
+    c.data.tokenizer = ""  # the checkpoint's own tokenizer
+    c.data.max_len = 1024
+    c.data.format = preset
+    c.model.dtype = "bfloat16"
+    c.model.remat = "dots_no_batch"
+    c.optim.learning_rate = 1e-5
+    c.optim.weight_decay = 0.01
+    c.train.batch_size = 64
+    c.train.steps = 1000
+    c.train.eval_every = 200
+    c.train.eval_batches = 8
+    c.train.checkpoint_every = 500
+    c.data.eval_fraction = 0.05
+    if preset == "hh":
+      c.data.source = "Anthropic/hh-rlhf"
+      c.data.eval_split = "test"
+  elif preset == "hh_scratch":
+    c.init.from_workdir = ""
+    c.data.source = "Anthropic/hh-rlhf"
+    c.data.format = "hh"
+    c.data.tokenizer = "bpe:4096"  # trained on the training split, saved in the workdir
+    c.data.max_len = 192
+    c.data.truncation = "truncate_prompt_left"
+    c.model.preset = "tiny"
+    c.model.vocab_size = 4096
+    c.model.max_seq_len = 192
+    c.train.batch_size = 32
+    c.train.steps = 600
+    c.train.eval_every = 200
+    c.train.checkpoint_every = 200
+    c.optim.learning_rate = 1e-3
+    c.optim.weight_decay = 0.1
+  elif preset:
+    raise ValueError(f"configs/reward.py: unknown preset {preset!r}; use hh, hh_scratch, pairs, "
+                     "ranked")
+  c.workdir = f"runs/reward{'_' + preset if preset else ''}"
+  return c

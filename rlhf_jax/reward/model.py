@@ -1,0 +1,91 @@
+"""A trained reward model as a frozen scorer: its params, its normalisation, and the score of a
+(prompt + response) row — what PPO reads.
+
+The reward-model stage ends by choosing a gain and a bias so that rewards of samples from the SFT
+policy have mean 0 and std 1 (`fit_normalization`); they are saved beside the checkpoint as
+`reward_norm.json` and applied by `normalized_rewards`. `load_reward_model(workdir, ...)`
+reads model.json, the latest params and the normalisation onto a mesh.
+Not for: training (`rlhf_jax.train.rm_stage`), combining several models
+(`rlhf_jax.reward.combine`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.errors import DataError
+from rlhf_jax.models import ModelConfig, forward
+from rlhf_jax.reward.losses import last_token_scores
+
+NORM_FILE = "reward_norm.json"
+
+
+def fit_normalization(rewards: np.ndarray) -> dict:
+  """{"gain", "bias", "n", "raw_mean", "raw_std"}: gain·r + bias has mean 0 and std 1 on these."""
+  r = np.asarray(rewards, np.float64).reshape(-1)
+  if r.size < 2:
+    raise DataError(f"normalisation needs at least 2 rewards, got {r.size}")
+  mean, std = float(r.mean()), float(r.std())
+  if not std > 0:
+    raise DataError("every normalisation sample got the same reward (std 0): the reward model "
+                    "is constant; it cannot be normalised")
+  return {"gain": 1.0 / std, "bias": -mean / std, "n": int(r.size), "raw_mean": mean,
+          "raw_std": std}
+
+
+def save_normalization(workdir: str, norm: dict) -> None:
+  with open(os.path.join(workdir, NORM_FILE), "w", encoding="utf-8") as f:
+    json.dump(norm, f, indent=1)
+
+
+def read_normalization(workdir: str) -> dict:
+  path = os.path.join(workdir, NORM_FILE)
+  if not os.path.exists(path):
+    raise DataError(f"{workdir!r} has no {NORM_FILE}: the reward-model stage writes it when it "
+                    "finishes training; run it to the end first")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModel:
+  name: str
+  workdir: str
+  model_cfg: ModelConfig
+  params: Any  # a "score"-head pytree on the mesh
+  gain: float
+  bias: float
+  tokenizer: str  # the spec the model was trained with
+
+
+def raw_rewards(params, model_cfg: ModelConfig, tokens_BxT, mask_BxT):
+  """float32[B]: the scalar head at each row's last real token."""
+  scores = forward(model_cfg, params, tokens_BxT, mask_BxT, outputs=("scores",),
+                   heads="score")["scores"]
+  return last_token_scores(scores, mask_BxT)
+
+
+def normalized_rewards(rm: RewardModel, params, tokens_BxT, mask_BxT):
+  """float32[B]: gain · raw + bias, the reward PPO sees; jit-able (params passed explicitly)."""
+  return rm.gain * raw_rewards(params, rm.model_cfg, tokens_BxT, mask_BxT) + rm.bias
+
+
+def load_reward_model(workdir: str, config, name: str | None = None) -> RewardModel:
+  """The latest params of a reward-model workdir on `config.mesh`, with its normalisation."""
+  from rlhf_jax.train import model_init  # pylint: disable=g-import-not-at-top
+  info = model_init.read_model_json(workdir)
+  if "score" not in info.get("heads", "lm").split("+"):
+    raise DataError(f"{workdir!r} holds a {info.get('stage', '?')} model with heads "
+                    f"{info.get('heads', 'lm')!r}, not a reward model")
+  norm = read_normalization(workdir)
+  model_cfg, params = model_init.load_workdir_params(workdir, config, heads="score")
+  return RewardModel(name or os.path.basename(os.path.normpath(workdir)), workdir, model_cfg,
+                     params, float(norm["gain"]), float(norm["bias"]),
+                     info.get("tokenizer", ""))
+

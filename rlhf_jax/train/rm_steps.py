@@ -1,0 +1,74 @@
+"""The compiled steps of the reward-model stage: one optimizer step and one eval batch.
+
+A batch holds B prompts with K responses each (`rlhf_jax.data.comparisons.pad_comparisons`):
+tokens and attention_mask [B, K, T], ranks [B, K] (-1: empty slot), margin [B]. The B·K rows go
+through the trunk in ONE forward pass; the reward of a response is the scalar head at its last
+real token; the loss is `rlhf_jax.reward.losses.ranking_loss` over every ordered pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+from rlhf_jax.errors import ConfigError
+from rlhf_jax.models import ModelConfig, forward
+from rlhf_jax.reward.losses import last_token_scores, ranking_loss
+from rlhf_jax.train.jit_steps import compile_steps
+from rlhf_jax.train.state import TrainState
+
+BATCH_NDIMS = {"tokens": 3, "attention_mask": 3, "ranks": 2, "margin": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class RMLossConfig:
+  margin: float = 0.0  # added to every pair's margin (and to a record's own margin)
+  per_prompt: bool = True  # average a prompt's pairs, then prompts (InstructGPT); else all pairs
+  center_coef: float = 0.0  # coef · mean(r²) keeps rewards centred
+
+  def __post_init__(self):
+    if self.center_coef < 0:
+      raise ConfigError(f"loss.center_coef={self.center_coef} must be >= 0")
+
+
+def response_rewards(params, model_cfg: ModelConfig, tokens_BxKxT, mask_BxKxT):
+  """float32[B, K]: the reward of every response, from one forward over the B·K rows."""
+  b, k, t = tokens_BxKxT.shape
+  mask = mask_BxKxT.reshape(b * k, t)
+  scores = forward(model_cfg, params, tokens_BxKxT.reshape(b * k, t), mask, outputs=("scores",),
+                   heads="score")["scores"]
+  return last_token_scores(scores, mask).reshape(b, k)
+
+
+def rm_loss(params, model_cfg: ModelConfig, batch, lc: RMLossConfig):
+  rewards = response_rewards(params, model_cfg, batch["tokens"], batch["attention_mask"])
+  margin = (lc.margin + batch["margin"])[:, None, None]
+  return ranking_loss(rewards, batch["ranks"], margin, lc.per_prompt, lc.center_coef)
+
+
+def train_step(state: TrainState, batch, *, model_cfg: ModelConfig, tx, lc: RMLossConfig):
+  (loss, metrics), grads = jax.value_and_grad(rm_loss, has_aux=True)(state.params, model_cfg,
+                                                                     batch, lc)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, *, model_cfg: ModelConfig):
+  """{"rewards": [B, K]}: the host computes every evaluation metric from them."""
+  return {"rewards": response_rewards(params, model_cfg, batch["tokens"],
+                                      batch["attention_mask"])}
+
+
+def make_rm_steps(model_cfg: ModelConfig, tx, mesh, rules, shardings: TrainState,
+                  lc: RMLossConfig):
+  """(train_step(state, batch) -> (state, metrics), eval_step(params, batch) -> rewards)."""
+  return compile_steps(
+      lambda state, batch: train_step(state, batch, model_cfg=model_cfg, tx=tx, lc=lc),
+      lambda params, batch: eval_step(params, {k: batch[k] for k in ("tokens",
+                                                                   "attention_mask")},
+                                      model_cfg=model_cfg),
+      mesh, rules, shardings, BATCH_NDIMS)
