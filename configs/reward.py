@@ -34,7 +34,7 @@ def get_config(arg=None):
   })
   c.data.max_len = 64
   c.data.eval_fraction = 0.2
-  c.data.builtin_train = 2000  # prompts, each with num_responses ranked samples
+  c.data.builtin_train = 4000  # prompts, each with num_responses ranked samples
   c.data.builtin_eval = 400
   # Built-in task only: K samples per prompt, from this SFT workdir ("" = init.from_workdir),
   # ranked by one of num_labelers simulated labelers.
@@ -47,10 +47,10 @@ def get_config(arg=None):
       "per_prompt": True,  # InstructGPT: average a prompt's K(K-1)/2 pairs, then prompts
       "center_coef": 0.0,  # coef · mean(r²): keeps rewards centred
   })
-  c.train.steps = 400
+  c.train.steps = 800
   c.train.batch_size = 16
   c.train.log_every = 50
-  c.train.eval_every = 100
+  c.train.eval_every = 200
   c.train.eval_batches = 0  # the whole held-out set
   c.train.checkpoint_every = 200
   c.train.num_samples = 0

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from rlhf_jax import parallel, stages
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.errors import DataError
 from rlhf_jax.models import ModelConfig
+from rlhf_jax.reward import combine
 from rlhf_jax.reward import model as rm_model
 from rlhf_jax.train import model_init
 from rlhf_jax.train.rm_steps import RMLossConfig, make_rm_steps
@@ -120,6 +122,16 @@ def test_normalised_scorer_matches_the_stage(sft_workdir, tmp_path):
   raw = (z - norm["bias"]) / norm["gain"]
   assert out["report"]["reward_mean"] == pytest.approx(float(raw.mean()), abs=1e-4)
 
+  # Two reward models by name (here the same workdir twice), combined by the configured rule.
+  section = ml_collections.ConfigDict(combine.rewards_section())
+  section.models = f"helpful={wd},safety={wd}"
+  section.weights = "helpful=1.0,safety=0.25"
+  models, rule = rm_model.load_reward_models(section, c)
+  total, each = jax.jit(lambda ps, t, m: rm_model.combined_rewards(models, rule, ps, t, m))(
+      [m.params for m in models], tokens, mask)
+  np.testing.assert_allclose(np.asarray(each["helpful"]), z, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(total), 1.25 * z, rtol=1e-5, atol=1e-5)
+
 
 def test_rm_step_is_the_same_on_every_mesh():
   cfg = ModelConfig(vocab_size=64, hidden=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -161,3 +173,37 @@ def test_missing_sft_policy_is_one_clear_error(tmp_path):
   assert proc.returncode == 2
   assert "nope" in proc.stderr and "Traceback" not in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_from_scratch_on_hh_files_with_a_trained_tokenizer(tmp_path):
+  """The hh_scratch preset's path on a small hh-format file: the BPE tokenizer is trained on the
+  training split only, saved in the workdir, recorded in model.json and reused on resume."""
+  rng = np.random.default_rng(0)
+  words = "cat dog tree sun rain book song road ship lamp".split()
+  src = tmp_path / "data" / "toy" / "train.jsonl"
+  src.parent.mkdir(parents=True)
+  with open(src, "w") as f:
+    for i in range(80):
+      q = " ".join(rng.choice(words, 4))
+      good, bad = " ".join(rng.choice(words, 6)), "no"
+      f.write(json.dumps({"chosen": f"\n\nHuman: {q} {i}?\n\nAssistant: {good}",
+                          "rejected": f"\n\nHuman: {q} {i}?\n\nAssistant: {bad}"}) + "\n")
+  c = reward.get_config("hh_scratch")
+  c.data.source = str(src.parent.parent)
+  c.data.tokenizer = "bpe:320"
+  c.model.vocab_size = 320
+  c.data.max_len = c.model.max_seq_len = 48
+  _tiny_model(c)
+  c.train.update(steps=4, stop_at=2, batch_size=8, log_every=2, eval_every=100)
+  wd = str(tmp_path / "rm")
+  stages.run(c, wd)
+  tok_dir = os.path.join(wd, "tokenizer")
+  assert os.path.exists(os.path.join(tok_dir, "tokenizer.json"))
+  with open(os.path.join(wd, "model.json")) as f:
+    assert json.load(f)["tokenizer"] == os.path.abspath(tok_dir)
+  stamp = os.path.getmtime(os.path.join(tok_dir, "tokenizer.json"))
+  c.train.stop_at = 0
+  out = stages.run(c, wd)
+  assert out["step"] == 4 and os.path.getmtime(os.path.join(tok_dir, "tokenizer.json")) == stamp
+  assert set(out["report"]) >= {"accuracy", "longer_wins", "shorter_wins"}
+  assert "gold_agreement" not in out["report"]  # no gold outside the built-in task

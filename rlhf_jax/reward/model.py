@@ -89,3 +89,19 @@ def load_reward_model(workdir: str, config, name: str | None = None) -> RewardMo
                      params, float(norm["gain"]), float(norm["bias"]),
                      info.get("tokenizer", ""))
 
+
+
+def load_reward_models(section, config) -> tuple[list[RewardModel], "combine.CombineRule"]:
+  """Every reward model a `reward` config section names, and the rule that combines them."""
+  from rlhf_jax.reward import combine  # pylint: disable=g-import-not-at-top
+  specs, rule = combine.parse_rewards(section)
+  return [load_reward_model(workdir, config, name) for name, workdir in specs], rule
+
+
+def combined_rewards(models, rule, params_list, tokens_BxT, mask_BxT, unsafe_prompt_B=None):
+  """(float32[B] combined reward, {name: [B] normalised reward}) for one batch of rows; params
+  are passed explicitly (one pytree per model) so the whole thing jits."""
+  from rlhf_jax.reward import combine  # pylint: disable=g-import-not-at-top
+  each = {rm.name: normalized_rewards(rm, p, tokens_BxT, mask_BxT)
+          for rm, p in zip(models, params_list)}
+  return combine.combine_rewards(each, rule, unsafe_prompt_B), each
