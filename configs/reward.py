@@ -46,6 +46,9 @@ def get_config(arg=None):
       "margin": 0.0,  # Llama 2's margin, added to every pair
       "per_prompt": True,  # InstructGPT: average a prompt's K(K-1)/2 pairs, then prompts
       "center_coef": 0.0,  # coef · mean(r²): keeps rewards centred
+      # coef · next-token loss on every token of the rows (keeps an LM head): regularises a
+      # reward model trained on few comparisons; 0 = off.
+      "lm_coef": 0.0,
   })
   c.train.steps = 800
   c.train.batch_size = 16

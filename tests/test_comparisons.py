@@ -138,12 +138,12 @@ def test_malformed_files_name_file_and_line(tmp_path):
     cmp.load_comparisons(cfg, TOK, "train")
   src = _write(tmp_path / "missing.jsonl", [{"prompt": "a", "chosen": "b"}])
   cfg = cmp.ComparisonConfig(source=src, format="pairs", eval_fraction=0.0)
-  with pytest.raises(DataError, match=r"missing\.jsonl:1: record 0 has no field 'rejected'"):
+  with pytest.raises(DataError, match=r"missing\.jsonl:1: has no field 'rejected'"):
     cmp.load_comparisons(cfg, TOK, "train")
   src = _write(tmp_path / "order.jsonl", [{"prompt": "a", "responses": ["b", "c"],
                                            "ranking": [0, 0]}])
   cfg = cmp.ComparisonConfig(source=src, format="ranked", eval_fraction=0.0)
-  with pytest.raises(DataError, match=r"order\.jsonl:1: record 0: ranking \[0, 0\]"):
+  with pytest.raises(DataError, match=r"order\.jsonl:1: ranking \[0, 0\]"):
     cmp.load_comparisons(cfg, TOK, "train")
   with pytest.raises(DataError, match="does not exist"):
     cmp.load_comparisons(cmp.ComparisonConfig(source=str(tmp_path / "nope.jsonl")), TOK, "train")

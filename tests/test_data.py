@@ -182,7 +182,7 @@ def test_messages_with_and_without_chat_template(tmp_path, tok):
   assert tok.decode(plain[0].tokens).replace(" ", "") == (
       "Human:helloAssistant:helloworldHuman:tellmeajokeAssistant:no")
   assert _targets(tok, plain[0]) == "no</s>"
-  with pytest.raises(DataError, match="record 0 field 'messages' is not a list"):
+  with pytest.raises(DataError, match="record 0: field 'messages' is not a list"):
     demos.examples_from_records([{"messages": "hi"}], tok, _cfg("-", format="messages"))
 
 
@@ -201,7 +201,7 @@ def test_truncation_policies(tok):
   skipped, stats = demos.examples_from_records([rec], tok, _cfg("-", max_len=8,
                                                                 truncation="skip"))
   assert not skipped and stats.skipped_long == 1 and stats.kept == 0
-  with pytest.raises(ShapeError, match="record 0 is 23 tokens, longer than data.max_len=8"):
+  with pytest.raises(ShapeError, match="record 0: 23 tokens, longer than data.max_len=8"):
     demos.examples_from_records([rec], tok, _cfg("-", max_len=8, truncation="error",
                                                  prompt_template="{prompt}"))
   empty, stats = demos.examples_from_records([{"prompt": "hi", "response": "  "}], tok, _cfg("-"))
@@ -233,12 +233,12 @@ def test_bad_files_and_records_name_the_problem(tmp_path, tok):
     demos.load_examples(_cfg(str(bad_ext)), tok, "train")
   path = _write_jsonl(tmp_path / "f.jsonl", [{"prompt": "hi", "response": "ok"},
                                              {"prompt": "hi", "answer": "ok"}])
-  with pytest.raises(DataError, match=r"f.jsonl: record 1 has no field 'response' "
+  with pytest.raises(DataError, match=r"f.jsonl:2: has no field 'response' "
                                       r"\(its fields: \['answer', 'prompt'\]\)"):
     demos.load_examples(_cfg(path), tok, "train")
   broken = tmp_path / "broken.jsonl"
   broken.write_text('{"prompt": "hi", "response": "ok"}\n{"prompt": \n')
-  with pytest.raises(DataError, match="broken.jsonl: could not be read"):
+  with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON"):
     demos.load_examples(_cfg(str(broken)), tok, "train")
 
 

@@ -175,3 +175,22 @@ def test_evaluate_rewards_by_hand():
   assert ev["gold_pairs"] == 4
   assert ev["gold_agreement"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
   assert sum(row["pairs"] for row in ev["calibration_table"]) == 4
+
+
+def test_lm_regulariser_adds_the_next_token_loss_of_every_row():
+  from rlhf_jax import losses
+  from rlhf_jax.models import forward
+  params = init_params(TINY, jax.random.key(0), heads="lm+score")
+  rng = np.random.default_rng(2)
+  tokens = rng.integers(3, 50, size=(2, 2, 8)).astype(np.int32)
+  mask = np.ones((2, 2, 8), bool)
+  mask[1, 0, 5:] = False
+  batch = {"tokens": tokens, "attention_mask": mask, "ranks": np.array([[0, 1], [1, 0]]),
+           "margin": np.zeros((2,), np.float32)}
+  with_lm, m = rm_loss(params, TINY, batch, RMLossConfig(lm_coef=0.5))
+  pref, _ = rm_loss(params, TINY, batch, RMLossConfig())
+  logits = forward(TINY, params, tokens.reshape(4, 8), mask.reshape(4, 8), heads="lm+score",
+                   outputs=("logits",))["logits"]
+  total, count = losses.masked_nll(logits, tokens.reshape(4, 8), mask.reshape(4, 8))
+  np.testing.assert_allclose(float(with_lm), float(pref) + 0.5 * float(total / count), rtol=1e-5)
+  np.testing.assert_allclose(float(m["lm_loss"]), float(total / count), rtol=1e-5)

@@ -37,7 +37,7 @@ import numpy as np
 
 from rlhf_jax.data.demonstrations import (DemoConfig, Encoder, Stats as _DemoStats, _lookup,
                                           _MISSING, get_field, in_eval_split, is_local,
-                                          read_records, split_dialogue, truncate_example)
+                                          read_records, split_dialogue, truncate_example, where)
 from rlhf_jax.errors import ConfigError, DataError
 
 FORMATS = ("hh", "pairs", "ranked")
@@ -143,7 +143,7 @@ def ranks_from_order(order: Sequence[int], k: int, origin: str, index: int) -> l
   """A ranking given as indices best first -> rank per response (0 = best)."""
   order = [int(i) for i in order]
   if sorted(order) != list(range(k)):
-    raise DataError(f"{origin}: record {index}: ranking {order} is not an ordering of the "
+    raise DataError(f"{where(origin, index)}: ranking {order} is not an ordering of the "
                     f"{k} responses (indices 0..{k - 1}, each once)")
   ranks = [0] * k
   for r, i in enumerate(order):
@@ -173,7 +173,7 @@ class _Builder:
       chosen = get_field(rec, cfg.chosen_field, origin, index)
       rejected = get_field(rec, cfg.rejected_field, origin, index)
       if not isinstance(chosen, str) or not isinstance(rejected, str):
-        raise DataError(f"{origin}: record {index}: {cfg.chosen_field!r} and "
+        raise DataError(f"{where(origin, index)}: {cfg.chosen_field!r} and "
                         f"{cfg.rejected_field!r} must be dialogue strings")
       split = split_hh_pair(chosen, rejected)
       if split is None:
@@ -192,24 +192,24 @@ class _Builder:
         try:
           margin = float(m)
         except (TypeError, ValueError):
-          raise DataError(f"{origin}: record {index}: margin {m!r} is not a number") from None
+          raise DataError(f"{where(origin, index)}: margin {m!r} is not a number") from None
       return prompt, [str(r) for r in responses], ranks, margin
     responses = get_field(rec, cfg.responses_field, origin, index)
     if not isinstance(responses, (list, tuple)):
-      raise DataError(f"{origin}: record {index}: {cfg.responses_field!r} is not a list")
+      raise DataError(f"{where(origin, index)}: {cfg.responses_field!r} is not a list")
     if cfg.scores_field:
       scores = get_field(rec, cfg.scores_field, origin, index)
       if not isinstance(scores, (list, tuple)) or len(scores) != len(responses):
-        raise DataError(f"{origin}: record {index}: {cfg.scores_field!r} must be a list with one "
+        raise DataError(f"{where(origin, index)}: {cfg.scores_field!r} must be a list with one "
                         f"score per response ({len(responses)})")
       try:
         ranks = ranks_from_scores(scores)
       except (TypeError, ValueError):
-        raise DataError(f"{origin}: record {index}: scores {scores!r} are not numbers") from None
+        raise DataError(f"{where(origin, index)}: scores {scores!r} are not numbers") from None
     else:
       order = get_field(rec, cfg.ranking_field, origin, index)
       if not isinstance(order, (list, tuple)):
-        raise DataError(f"{origin}: record {index}: {cfg.ranking_field!r} is not a list")
+        raise DataError(f"{where(origin, index)}: {cfg.ranking_field!r} is not a list")
       ranks = ranks_from_order(order, len(responses), origin, index)
     return prompt, [str(r) for r in responses], ranks, 0.0
 
@@ -307,7 +307,7 @@ def comparisons_from_records(records: Iterable[tuple[str, int, dict]], tokenizer
   out = []
   for origin, index, rec in records:
     if not isinstance(rec, dict):
-      raise DataError(f"{origin}: record {index} is a {type(rec).__name__}, not an object")
+      raise DataError(f"{where(origin, index)} is a {type(rec).__name__}, not an object")
     if "prompt_ids" in rec and "response_ids" in rec and rec.get("response_ids") is not None:
       comp = _from_ids(rec, origin, index, cfg, b)
     else:
@@ -334,7 +334,7 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
     row = prompt + r
     if len(row) > cfg.max_len:
       if cfg.truncation == "error":
-        raise DataError(f"{origin}: record {index} has a row of {len(row)} tokens, longer than "
+        raise DataError(f"{where(origin, index)} has a row of {len(row)} tokens, longer than "
                         f"data.max_len={cfg.max_len}")
       if cfg.truncation == "skip" or len(r) >= cfg.max_len:
         b.stats.skipped_long += 1

@@ -209,6 +209,13 @@ def _first_bad_json_line(path: str) -> str | None:
 _MISSING = object()
 
 
+def where(origin: str, index: int) -> str:
+  """How an error names a record: "file.jsonl:12" when the origin has a line, else
+  "file.parquet: record 11"."""
+  tail = origin.rsplit(":", 1)[-1]
+  return origin if tail.isdigit() else f"{origin}: record {index}"
+
+
 def _lookup(rec: Any, path: str) -> Any:
   """rec[path] for a dotted path ("instances.0.output"), or _MISSING."""
   cur = rec
@@ -229,7 +236,7 @@ def get_field(rec: dict, path: str, origin: str, index: int) -> Any:
   if value is _MISSING:
     have = (sorted(k for k, v in rec.items() if v is not None) if isinstance(rec, dict)
             else type(rec).__name__)
-    raise DataError(f"{origin}: record {index} has no field {path!r} (its fields: {have})")
+    raise DataError(f"{where(origin, index)}: has no field {path!r} (its fields: {have})")
   return value
 
 
@@ -280,14 +287,14 @@ class Encoder:
       text = get_field(rec, cfg.text_field, origin, index)
       messages = split_dialogue(str(text))
       if not messages:
-        raise DataError(f"{origin}: record {index} field {cfg.text_field!r} has no "
+        raise DataError(f"{where(origin, index)}: field {cfg.text_field!r} has no "
                         "'\\n\\nHuman:' / '\\n\\nAssistant:' turns")
     else:
       messages = get_field(rec, cfg.messages_field, origin, index)
       if not isinstance(messages, (list, tuple)) or not all(
           isinstance(m, dict) and m.get("role") is not None and m.get("content") is not None
           for m in messages):
-        raise DataError(f"{origin}: record {index} field {cfg.messages_field!r} is not a list of "
+        raise DataError(f"{where(origin, index)}: field {cfg.messages_field!r} is not a list of "
                         "{'role', 'content'} dicts")
       messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
     # Turns after the last assistant reply have nothing to teach; drop them.
@@ -341,7 +348,7 @@ def truncate_example(ids, mask, cfg: DemoConfig, stats: Stats, origin: str, inde
   if n <= cfg.max_len:
     return ids, mask
   if cfg.truncation == "error":
-    raise ShapeError(f"{origin}: record {index} is {n} tokens, longer than data.max_len="
+    raise ShapeError(f"{where(origin, index)}: {n} tokens, longer than data.max_len="
                      f"{cfg.max_len} (data.truncation='error'; 'skip' or "
                      "'truncate_prompt_left' would keep going)")
   if cfg.truncation == "skip":
@@ -400,7 +407,7 @@ def examples_from_records(records: Iterable[dict] | Iterable[tuple[str, int, dic
             flush=True)
     org, idx, rec = item if isinstance(item, tuple) else (origin, i, item)
     if not isinstance(rec, dict):
-      raise DataError(f"{org}: record {idx} is a {type(rec).__name__}, not an object")
+      raise DataError(f"{where(org, idx)}: is a {type(rec).__name__}, not an object")
     pair = enc.encode(rec, org, idx)
     if pair is None or not any(pair[1]):
       stats.skipped_empty += 1

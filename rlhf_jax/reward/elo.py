@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rlhf_jax.data.demonstrations import where
 from rlhf_jax.errors import ConfigError, DataError
 
 ELO_PER_LOGIT = 400.0 / math.log(10.0)
@@ -103,7 +104,7 @@ def outcomes_from_records(records, a_field: str = "model_a", b_field: str = "mod
     try:
       a, b, w = str(rec[a_field]), str(rec[b_field]), rec[winner_field]
     except (KeyError, TypeError):
-      raise DataError(f"{origin}: record {i} lacks one of the fields {a_field!r}, {b_field!r}, "
+      raise DataError(f"{where(origin, i)}: lacks one of the fields {a_field!r}, {b_field!r}, "
                       f"{winner_field!r}") from None
     if isinstance(w, str):
       w = w.strip().lower()
@@ -113,7 +114,7 @@ def outcomes_from_records(records, a_field: str = "model_a", b_field: str = "mod
     else:
       y = None
     if y is None:
-      raise DataError(f"{origin}: record {i} has winner {rec[winner_field]!r}: expected 'a', "
+      raise DataError(f"{where(origin, i)}: has winner {rec[winner_field]!r}: expected 'a', "
                       "'b', 'tie', one of the two system names, or a number in [1, 2]")
     sa.append(a)
     sb.append(b)

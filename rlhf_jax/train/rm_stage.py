@@ -31,9 +31,6 @@ from rlhf_jax.train.loop import train_loop
 from rlhf_jax.train.rm_steps import RMLossConfig, make_rm_steps
 from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
 
-HEADS = "score"
-
-
 def run(config, workdir: str) -> dict:
   if config.stage != "reward":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'reward'")
@@ -44,8 +41,10 @@ def run(config, workdir: str) -> dict:
   writer = metrics.MetricWriter(workdir, prefix="reward")
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
   latest = ckpt.latest_step()
+  lc = RMLossConfig(**dict(config.loss))
+  heads = lc.heads  # "score", or "lm+score" with the language-modelling regulariser
   tokenizer, tokenizer_spec = _tokenizer(config, workdir)
-  model_cfg, init_params = model_init.build(config, tokenizer, heads=HEADS,
+  model_cfg, init_params = model_init.build(config, tokenizer, heads=heads,
                                             load_params=latest is None)
   data = rm_data.build(config, tokenizer, workdir)
   start = config.init.hf_checkpoint or config.init.from_workdir or "scratch"
@@ -57,21 +56,20 @@ def run(config, workdir: str) -> dict:
   opt_d = dict(config.optim)
   opt_d["total_steps"] = opt_d.get("total_steps") or tc.steps
   tx = OptimConfig.from_dict(opt_d).make()
-  lc = RMLossConfig(**dict(config.loss))
   seq_len = config.data.max_len
   batches = cmp.ComparisonIterator(data.train, tc.batch_size, data.k, seq_len, tokenizer.pad_id,
                                    config.seed, jax.process_index(), jax.process_count())
   if latest is not None:
-    abstract, shardings, _ = state_shardings(model_cfg, tx, mesh, rules, HEADS)
+    abstract, shardings, _ = state_shardings(model_cfg, tx, mesh, rules, heads)
     state, meta = ckpt.restore(abstract, shardings)
     batches.restore(meta["data"])
     writer.text(f"[reward] resumed from {ckpt.directory} at step {latest}")
   else:
     state, shardings = create_state(model_cfg, tx, mesh, rules, config.seed, params=init_params,
-                                    heads=HEADS)
+                                    heads=heads)
   del init_params
   train_step, eval_step = make_rm_steps(model_cfg, tx, mesh, rules, shardings, lc)
-  model_init.write_model_json(workdir, model_cfg, config, heads=HEADS,
+  model_init.write_model_json(workdir, model_cfg, config, heads=heads,
                               extra={"tokenizer": tokenizer_spec})
 
   def put(b):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from rlhf_jax import losses
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import ModelConfig, forward
 from rlhf_jax.reward.losses import last_token_scores, ranking_loss
@@ -27,25 +29,50 @@ class RMLossConfig:
   margin: float = 0.0  # added to every pair's margin (and to a record's own margin)
   per_prompt: bool = True  # average a prompt's pairs, then prompts (InstructGPT); else all pairs
   center_coef: float = 0.0  # coef · mean(r²) keeps rewards centred
+  # coef · next-token loss on every real token of every row (the model keeps an LM head): a
+  # language-modelling regulariser for small comparison sets; it sees no preference label.
+  lm_coef: float = 0.0
 
   def __post_init__(self):
     if self.center_coef < 0:
       raise ConfigError(f"loss.center_coef={self.center_coef} must be >= 0")
+    if self.lm_coef < 0:
+      raise ConfigError(f"loss.lm_coef={self.lm_coef} must be >= 0")
+
+  @property
+  def heads(self) -> str:
+    return "lm+score" if self.lm_coef > 0 else "score"
 
 
-def response_rewards(params, model_cfg: ModelConfig, tokens_BxKxT, mask_BxKxT):
-  """float32[B, K]: the reward of every response, from one forward over the B·K rows."""
+def _rows_forward(params, model_cfg, tokens_BxKxT, mask_BxKxT, outputs, heads):
   b, k, t = tokens_BxKxT.shape
-  mask = mask_BxKxT.reshape(b * k, t)
-  scores = forward(model_cfg, params, tokens_BxKxT.reshape(b * k, t), mask, outputs=("scores",),
-                   heads="score")["scores"]
-  return last_token_scores(scores, mask).reshape(b, k)
+  tokens, mask = tokens_BxKxT.reshape(b * k, t), mask_BxKxT.reshape(b * k, t)
+  out = forward(model_cfg, params, tokens, mask, outputs=outputs, heads=heads)
+  return out, tokens, mask
+
+
+def response_rewards(params, model_cfg: ModelConfig, tokens_BxKxT, mask_BxKxT,
+                     heads: str = "score"):
+  """float32[B, K]: the reward of every response, from one forward over the B·K rows."""
+  b, k, _ = tokens_BxKxT.shape
+  out, _, mask = _rows_forward(params, model_cfg, tokens_BxKxT, mask_BxKxT, ("scores",), heads)
+  return last_token_scores(out["scores"], mask).reshape(b, k)
 
 
 def rm_loss(params, model_cfg: ModelConfig, batch, lc: RMLossConfig):
-  rewards = response_rewards(params, model_cfg, batch["tokens"], batch["attention_mask"])
+  b, k, _ = batch["tokens"].shape
+  outputs = ("scores", "logits") if lc.lm_coef > 0 else ("scores",)
+  out, tokens, mask = _rows_forward(params, model_cfg, batch["tokens"], batch["attention_mask"],
+                                    outputs, lc.heads)
+  rewards = last_token_scores(out["scores"], mask).reshape(b, k)
   margin = (lc.margin + batch["margin"])[:, None, None]
-  return ranking_loss(rewards, batch["ranks"], margin, lc.per_prompt, lc.center_coef)
+  loss, metrics = ranking_loss(rewards, batch["ranks"], margin, lc.per_prompt, lc.center_coef)
+  if lc.lm_coef > 0:
+    total, count = losses.masked_nll(out["logits"], tokens, mask)
+    lm = total / jnp.maximum(count, 1.0)
+    loss = loss + lc.lm_coef * lm
+    metrics = dict(metrics, lm_loss=lm)
+  return loss, metrics
 
 
 def train_step(state: TrainState, batch, *, model_cfg: ModelConfig, tx, lc: RMLossConfig):
@@ -57,10 +84,10 @@ def train_step(state: TrainState, batch, *, model_cfg: ModelConfig, tx, lc: RMLo
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch, *, model_cfg: ModelConfig):
+def eval_step(params, batch, *, model_cfg: ModelConfig, heads: str = "score"):
   """{"rewards": [B, K]}: the host computes every evaluation metric from them."""
   return {"rewards": response_rewards(params, model_cfg, batch["tokens"],
-                                      batch["attention_mask"])}
+                                      batch["attention_mask"], heads)}
 
 
 def make_rm_steps(model_cfg: ModelConfig, tx, mesh, rules, shardings: TrainState,
@@ -70,5 +97,5 @@ def make_rm_steps(model_cfg: ModelConfig, tx, mesh, rules, shardings: TrainState
       lambda state, batch: train_step(state, batch, model_cfg=model_cfg, tx=tx, lc=lc),
       lambda params, batch: eval_step(params, {k: batch[k] for k in ("tokens",
                                                                    "attention_mask")},
-                                      model_cfg=model_cfg),
+                                      model_cfg=model_cfg, heads=lc.heads),
       mesh, rules, shardings, BATCH_NDIMS)
