@@ -122,6 +122,10 @@ def test_truncation_policies(tmp_path):
   comps, st = cmp.load_comparisons(cmp.ComparisonConfig(**base), TOK, "train")
   assert st.truncated == 1 and all(len(r) <= 16 for r in comps[0].rows)
   assert TOK.decode(comps[0].response_ids(0)) == "a cat ."
+  assert TOK.decode(comps[0].response_ids(1)) == "dog"
+  # Both responses are judged against the same (left-truncated) prompt.
+  np.testing.assert_array_equal(comps[0].prompt_ids(0), comps[0].prompt_ids(1))
+  assert len(comps[0].rows[0]) == 16 and len(comps[0].rows[1]) < 16
   _, st = cmp.load_comparisons(cmp.ComparisonConfig(**base, truncation="skip"), TOK, "train")
   assert st.skipped_long == 1 and st.kept == 0
   with pytest.raises(ShapeError, match="data.max_len=16"):

@@ -35,10 +35,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from rlhf_jax.data.demonstrations import (DemoConfig, Encoder, Stats as _DemoStats, _lookup,
+from rlhf_jax.data.demonstrations import (DemoConfig, Encoder, _lookup,
                                           _MISSING, get_field, in_eval_split, is_local,
-                                          read_records, split_dialogue, truncate_example, where)
-from rlhf_jax.errors import ConfigError, DataError
+                                          read_records, split_dialogue, where)
+from rlhf_jax.errors import ConfigError, DataError, ShapeError
 
 FORMATS = ("hh", "pairs", "ranked")
 TRUNCATION = ("skip", "truncate_prompt_left", "error")
@@ -164,7 +164,6 @@ class _Builder:
     self.cfg, self.tok, self.stats = cfg, tokenizer, stats
     self.demo = cfg.demo_config()
     self.enc = Encoder(self.demo, tokenizer)
-    self._demo_stats = _DemoStats()
 
   def texts(self, rec, origin, index):
     """(prompt: str or messages, [response str], [rank], margin) or None (counted)."""
@@ -214,18 +213,31 @@ class _Builder:
     return prompt, [str(r) for r in responses], ranks, 0.0
 
   def encode_row(self, prompt, response: str, origin, index):
+    """(ids, index of the first response token) or None when the response renders empty."""
     if isinstance(prompt, list):  # hh: the shared turns, then this reply
       pair = self.enc._render(prompt + [{"role": "assistant", "content": response}],  # pylint: disable=protected-access
                               [False] * len(prompt) + [True])
     else:
       pair = self.enc.encode({"prompt": str(prompt), "response": response}, origin, index)
-    if pair is None:
+    if pair is None or not any(pair[1]):
       return None
-    ids, mask = pair
-    res = truncate_example(ids, mask, self.demo, self._demo_stats, origin, index)
-    if res is None:
-      return "long"
-    return np.asarray(res[0], np.int32), int(np.sum(res[1])), len(res[0]) < len(ids)
+    return pair[0], pair[1].index(True)
+
+  def fit(self, encoded, origin, index):
+    """(rows that fit max_len or None when skipped, prompt tokens dropped). The prompt is cut by the SAME number of tokens
+    in every row, so all K responses are judged against the same prompt text; a response still
+    too long after that loses its tail."""
+    cfg, longest = self.cfg, max(len(ids) for ids, _ in encoded)
+    if longest <= cfg.max_len:
+      return [ids for ids, _ in encoded], 0
+    if cfg.truncation == "error":
+      raise ShapeError(f"{where(origin, index)}: a row of {longest} tokens is longer than "
+                       f"data.max_len={cfg.max_len} (data.truncation='error'; 'skip' or "
+                       "'truncate_prompt_left' would keep going)")
+    if cfg.truncation == "skip":
+      return None, 0
+    drop = max(min(longest - cfg.max_len, min(first for _, first in encoded) - 1), 0)
+    return [ids[drop:][:cfg.max_len] for ids, _ in encoded], drop
 
   def build(self, rec, origin, index) -> Comparison | None:
     got = self.texts(rec, origin, index)
@@ -254,21 +266,22 @@ class _Builder:
     if len({r for _, r in live}) < 2:
       st.skipped_tie += 1
       return None
-    rows, lens, rks, cut = [], [], [], False
+    encoded, rks = [], []
     for text, rank in live:
       row = self.encode_row(prompt, text, origin, index)
-      if row is None:
-        continue
-      if row == "long":
-        st.skipped_long += 1
-        return None
-      rows.append(row[0])
-      lens.append(row[1])
-      rks.append(rank)
-      cut |= row[2]
-    if len(rows) < 2 or len(set(rks)) < 2:
+      if row is not None:
+        encoded.append(row)
+        rks.append(rank)
+    if len(encoded) < 2 or len(set(rks)) < 2:
       st.skipped_empty += 1
       return None
+    rows, drop = self.fit(encoded, origin, index)
+    if rows is None:
+      st.skipped_long += 1
+      return None
+    lens = [len(r) - (first - drop) for r, (_, first) in zip(rows, encoded)]
+    cut = any(len(r) < len(ids) for r, (ids, _) in zip(rows, encoded))
+    rows = [np.asarray(r, np.int32) for r in rows]
     st.dropped_responses += len(responses) - len(rows)
     st.truncated += int(cut)
     return self.add(Comparison(tuple(rows), tuple(lens), tuple(rks), margin,
