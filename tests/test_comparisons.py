@@ -172,3 +172,24 @@ def test_iterator_batches_and_resumes():
     got = it2.next()
     for k in w:
       np.testing.assert_array_equal(got[k], w[k])
+
+
+def test_validation_slice_is_disjoint_from_train_and_eval(tmp_path):
+  recs = [{"prompt": f"tell me about the cat {i}", "chosen": "a cat .", "rejected": "dog"}
+          for i in range(300)]
+  src = _write(tmp_path / "p.jsonl", recs)
+  base = dict(source=src, format="pairs", max_len=64, prompt_template="{prompt}",
+              eval_fraction=0.2)
+  prompts = {}
+  for split in ("train", "valid", "eval"):
+    cfg = cmp.ComparisonConfig(**base, valid_fraction=0.25)
+    prompts[split] = {r[2]["prompt"] for r in cmp.split_records(cfg, split)}
+  assert not prompts["train"] & prompts["valid"] and not prompts["valid"] & prompts["eval"]
+  assert not prompts["train"] & prompts["eval"]
+  assert len(prompts["train"] | prompts["valid"] | prompts["eval"]) == 300
+  assert 30 < len(prompts["valid"]) < 90 and 40 < len(prompts["eval"]) < 80
+  # The held-out split does not move when a validation slice is cut from training.
+  no_valid = {r[2]["prompt"] for r in cmp.split_records(cmp.ComparisonConfig(**base), "eval")}
+  assert no_valid == prompts["eval"]
+  train_all = {r[2]["prompt"] for r in cmp.split_records(cmp.ComparisonConfig(**base), "train")}
+  assert train_all == prompts["train"] | prompts["valid"]

@@ -191,10 +191,11 @@ def test_from_scratch_on_hh_files_with_a_trained_tokenizer(tmp_path):
   c = reward.get_config("hh_scratch")
   c.data.source = str(src.parent.parent)
   c.data.tokenizer = "bpe:320"
+  c.data.valid_fraction = 0.25  # periodic evals on a validation slice, held-out once at the end
   c.model.vocab_size = 320
   c.data.max_len = c.model.max_seq_len = 48
   _tiny_model(c)
-  c.train.update(steps=4, stop_at=2, batch_size=8, log_every=2, eval_every=100)
+  c.train.update(steps=4, stop_at=2, batch_size=8, log_every=2, eval_every=2)
   wd = str(tmp_path / "rm")
   stages.run(c, wd)
   tok_dir = os.path.join(wd, "tokenizer")
@@ -207,3 +208,7 @@ def test_from_scratch_on_hh_files_with_a_trained_tokenizer(tmp_path):
   assert out["step"] == 4 and os.path.getmtime(os.path.join(tok_dir, "tokenizer.json")) == stamp
   assert set(out["report"]) >= {"accuracy", "longer_wins", "shorter_wins"}
   assert "gold_agreement" not in out["report"]  # no gold outside the built-in task
+  logged = set().union(*(r.keys() for r in _log(wd)))
+  assert "valid_accuracy" in logged and "eval_accuracy" not in logged
+  with open(os.path.join(wd, "eval_report.json")) as f:
+    assert json.load(f)["pairs"] == out["report"]["pairs"] > 0

@@ -24,7 +24,9 @@ empty or duplicate response is dropped and the record kept if two ranks remain. 
 record stops the run with its file and line.
 
 Splits: as for demonstrations, a hub `eval_split` or a hash split of the source by the prompt
-(hh: by the first human turn, so no conversation's opening lands on both sides).
+(hh: by the first human turn, so no conversation's opening lands on both sides); optionally a
+validation slice of the training records (`valid_fraction`, an independent hash of the same
+key) on which to choose settings, so the held-out split is read once, at the end.
 Not for: sampling the built-in comparisons (the reward-model stage), batching on the device.
 """
 
@@ -83,11 +85,14 @@ class ComparisonConfig:
   train_split: str = "train"
   eval_split: str | None = None
   eval_fraction: float = 0.05
+  valid_fraction: float = 0.0  # of the training records, for choosing settings
   max_records: int | None = None
 
   def __post_init__(self):
     if not isinstance(self.source, str) or not self.source:
       raise ConfigError(f"data.source={self.source!r} must be a non-empty path or dataset name")
+    if not 0 <= self.valid_fraction < 1:
+      raise ConfigError(f"data.valid_fraction={self.valid_fraction} must be in [0, 1)")
     if self.format not in FORMATS:
       raise ConfigError(f"data.format={self.format!r} must be one of {FORMATS} for comparisons")
     if self.truncation not in TRUNCATION:
@@ -364,12 +369,12 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
 
 
 def split_records(cfg: ComparisonConfig, split: str):
-  """(origin, index, record) of `split` ("train" or "eval"), before any parsing."""
-  if split not in ("train", "eval"):
-    raise ConfigError(f"split={split!r} must be 'train' or 'eval'")
-  if cfg.eval_split:
-    if split == "train":
-      return read_records(cfg.source, cfg.train_split)
+  """(origin, index, record) of `split` before any parsing: "eval" (held out), "valid" (a slice
+  of the training records, `valid_fraction`, to choose settings on without touching eval) or
+  "train" (the rest)."""
+  if split not in ("train", "valid", "eval"):
+    raise ConfigError(f"split={split!r} must be 'train', 'valid' or 'eval'")
+  if split == "eval" and cfg.eval_split:
     if is_local(cfg.source):
       if not is_local(cfg.eval_split):
         raise ConfigError(f"data.eval_split={cfg.eval_split!r}: with a local data.source the "
@@ -378,11 +383,19 @@ def split_records(cfg: ComparisonConfig, split: str):
       return read_records(cfg.eval_split)
     return read_records(cfg.source, cfg.eval_split)
   records = read_records(cfg.source, cfg.train_split)
-  want_eval = split == "eval"
-  if cfg.eval_fraction > 0:
-    return (r for r in records
-            if in_eval_split(_split_key(r[2], cfg), cfg.eval_fraction) == want_eval)
-  return iter(()) if want_eval else records
+  if split == "eval":
+    if cfg.eval_fraction <= 0:
+      return iter(())
+    return (r for r in records if in_eval_split(_split_key(r[2], cfg), cfg.eval_fraction))
+
+  def keep(rec) -> bool:
+    key = _split_key(rec, cfg)
+    if not cfg.eval_split and cfg.eval_fraction > 0 and in_eval_split(key, cfg.eval_fraction):
+      return False
+    # A second, independent hash (salted key) picks the validation slice of what is left.
+    in_valid = cfg.valid_fraction > 0 and in_eval_split("valid|" + key, cfg.valid_fraction)
+    return in_valid == (split == "valid")
+  return (r for r in records if keep(r[2]))
 
 
 def load_comparisons(cfg: ComparisonConfig, tokenizer, split: str):

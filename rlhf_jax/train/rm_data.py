@@ -35,6 +35,7 @@ class RMData:
   summary: str
   gold_eval: np.ndarray | None = None  # [N, K] gold scores (built-in task)
   labeler_ceiling: float | None = None
+  valid: list | None = None  # a validation slice of the training data, when asked for
 
 
 def comparison_config(config) -> cmp.ComparisonConfig:
@@ -46,7 +47,8 @@ def comparison_config(config) -> cmp.ComparisonConfig:
       scores_field=d.scores_field, margin_field=d.margin_field,
       prompt_template=d.prompt_template or None, max_len=d.max_len, truncation=d.truncation,
       train_split=d.train_split, eval_split=d.eval_split or None,
-      eval_fraction=d.eval_fraction, max_records=d.max_records or None)
+      eval_fraction=d.eval_fraction, valid_fraction=d.valid_fraction,
+      max_records=d.max_records or None)
 
 
 def build(config, tokenizer, workdir: str) -> RMData:
@@ -61,10 +63,17 @@ def build(config, tokenizer, workdir: str) -> RMData:
   if not evals:
     raise DataError(f"data.source={d.source!r}: no held-out comparisons ({st_eval}); set "
                     "data.eval_split or data.eval_fraction > 0")
-  k = max(c.k for c in train + evals)
+  valid = None
+  if d.valid_fraction > 0:
+    valid, st_valid = cmp.load_comparisons(cfg, tokenizer, "valid")
+    if not valid:
+      raise DataError(f"data.valid_fraction={d.valid_fraction}: no validation comparisons "
+                      f"({st_valid})")
+  k = max(c.k for c in train + evals + (valid or []))
   summary = (f"data {d.source} ({d.format}): train {st_train}; eval {st_eval}; "
-             f"K={k} responses per element; truncation policy {d.truncation!r}")
-  return RMData(train, evals, k, summary)
+             + (f"validation {len(valid)} comparisons; " if valid else "")
+             + f"K={k} responses per element; truncation policy {d.truncation!r}")
+  return RMData(train, evals, k, summary, valid=valid)
 
 
 # ---- the built-in task -------------------------------------------------------------------------

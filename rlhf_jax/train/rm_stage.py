@@ -88,19 +88,23 @@ def run(config, workdir: str) -> dict:
       out.append(np.asarray(eval_step(params, put(mine))["rewards"])[:len(part)])
     return np.concatenate(out)
 
-  eval_comps = data.eval
+  # With a validation slice, the periodic evals read it and the held-out split is read once, at
+  # the end; otherwise the periodic evals read the held-out split.
+  eval_comps = data.valid if data.valid else data.eval
   if tc.eval_batches:
     eval_comps = eval_comps[:tc.eval_batches * tc.batch_size]
   ranks = cmp.rank_matrix(eval_comps, data.k)
   lengths = cmp.response_lengths(eval_comps, data.k)
-  gold = None if data.gold_eval is None else data.gold_eval[:len(eval_comps)]
+  gold = (None if data.gold_eval is None or data.valid else
+          data.gold_eval[:len(eval_comps)])
 
   def evaluate(params, step):
     del step
     ev = rm_eval.evaluate_rewards(eval_rewards(params, eval_comps), ranks, lengths, gold)
     if data.labeler_ceiling is not None:
       ev["labeler_ceiling"] = data.labeler_ceiling
-    return {f"eval_{k}": v for k, v in ev.items() if not k.endswith("_table")}
+    prefix = "valid" if data.valid else "eval"
+    return {f"{prefix}_{k}": v for k, v in ev.items() if not k.endswith("_table")}
 
   state, step, history = train_loop(
       stage="reward", state=state, train_step=train_step, batches=batches, put=put,
