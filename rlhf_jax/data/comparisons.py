@@ -343,29 +343,25 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
   responses = [[int(t) for t in r] for r in rec["response_ids"]]
   ranks = ranks_from_order(get_field(rec, cfg.ranking_field, origin, index), len(responses),
                            origin, index)
-  rows, lens, rks, seen = [], [], [], set()
+  encoded, rks, seen = [], [], set()
   for r, rank in zip(responses, ranks):
     if not r or tuple(r) in seen:  # empty, or a sample identical to one already kept
       b.stats.dropped_responses += 1
       continue
     seen.add(tuple(r))
-    row = prompt + r
-    if len(row) > cfg.max_len:
-      if cfg.truncation == "error":
-        raise DataError(f"{where(origin, index)} has a row of {len(row)} tokens, longer than "
-                        f"data.max_len={cfg.max_len}")
-      if cfg.truncation == "skip" or len(r) >= cfg.max_len:
-        b.stats.skipped_long += 1
-        return None
-      row = row[len(row) - cfg.max_len:]
-      b.stats.truncated += 1
-    rows.append(np.asarray(row, np.int32))
-    lens.append(len(r))
+    encoded.append((prompt + r, len(prompt)))
     rks.append(rank)
-  if len(rows) < 2 or len(set(rks)) < 2:
+  if len(encoded) < 2 or len(set(rks)) < 2:
     b.stats.skipped_tie += 1
     return None
-  return b.add(Comparison(tuple(rows), tuple(lens), tuple(rks), group=group_of(origin)))
+  rows, drop = b.fit(encoded, origin, index)  # the same truncation rule as text records
+  if rows is None:
+    b.stats.skipped_long += 1
+    return None
+  b.stats.truncated += int(any(len(r) < len(ids) for r, (ids, _) in zip(rows, encoded)))
+  lens = [len(r) - (first - drop) for r, (_, first) in zip(rows, encoded)]
+  return b.add(Comparison(tuple(np.asarray(r, np.int32) for r in rows), tuple(lens), tuple(rks),
+                          group=group_of(origin)))
 
 
 def split_records(cfg: ComparisonConfig, split: str):

@@ -3,4 +3,4 @@
 from rlhf_jax.models.config import PRESETS, ModelConfig
 from rlhf_jax.models.transformer import HEADS, Decoder, KVCache, forward, init_params
 
-__all__ = ["PRESETS", "ModelConfig", "Decoder", "KVCache", "forward", "init_params"]
+__all__ = ["HEADS", "PRESETS", "ModelConfig", "Decoder", "KVCache", "forward", "init_params"]

@@ -16,7 +16,6 @@ import json
 import os
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.errors import DataError
@@ -91,8 +90,9 @@ def load_reward_model(workdir: str, config, name: str | None = None) -> RewardMo
 
 
 
-def load_reward_models(section, config) -> tuple[list[RewardModel], "combine.CombineRule"]:
-  """Every reward model a `reward` config section names, and the rule that combines them."""
+def load_reward_models(section, config):
+  """([RewardModel], combine.CombineRule): every reward model a `reward` config section names,
+  and the rule that combines them."""
   from rlhf_jax.reward import combine  # pylint: disable=g-import-not-at-top
   specs, rule = combine.parse_rewards(section)
   return [load_reward_model(workdir, config, name) for name, workdir in specs], rule

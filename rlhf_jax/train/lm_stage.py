@@ -11,15 +11,13 @@ from __future__ import annotations
 import math
 import os
 
-import jax
 
 from rlhf_jax import checkpoint, metrics, parallel
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.train import model_init
 from rlhf_jax.train.lm_steps import make_lm_steps
-from rlhf_jax.train.loop import train_loop
-from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
+from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
 
 
 def run(config, workdir: str) -> dict:
@@ -39,21 +37,12 @@ def run(config, workdir: str) -> dict:
   # A run that resumes reads its params from its own checkpoint, not from init.*.
   model_cfg, init_params = model_init.build(config, tokenizer, load_params=latest is None)
   data = lm_data.build(config, tokenizer, model_cfg)
-  writer.text(f"[{stage}] model: {model_cfg.num_params() / 1e6:.2f}M params, "
-              f"{model_cfg.num_layers} layers, hidden {model_cfg.hidden}; mesh "
-              f"{dict(mesh.shape)} on {len(mesh.devices.flat)} {jax.devices()[0].platform} "
-              f"device(s); {data.describe()}")
-
-  opt_d = dict(config.optim)
-  opt_d["total_steps"] = opt_d.get("total_steps") or tc.steps
-  tx = OptimConfig.from_dict(opt_d).make()
-  if latest is not None:
-    abstract, shardings, _ = state_shardings(model_cfg, tx, mesh, rules)
-    state, meta = ckpt.restore(abstract, shardings)
-    data.train_iter.restore(meta["data"])
-    writer.text(f"[{stage}] resumed from {ckpt.directory} at step {latest}")
-  else:
-    state, shardings = create_state(model_cfg, tx, mesh, rules, config.seed, params=init_params)
+  source = config.init.hf_checkpoint or config.init.from_workdir or "scratch"
+  writer.text(describe(stage, model_cfg, mesh, source, data.describe()))
+  tx = make_optimizer(config)
+  state, shardings = restore_or_create(
+      stage=stage, ckpt=ckpt, latest=latest, model_cfg=model_cfg, tx=tx, mesh=mesh, rules=rules,
+      seed=config.seed, init_params=init_params, batches=data.train_iter, writer=writer)
   del init_params
   train_step, eval_step = make_lm_steps(model_cfg, tx, mesh, rules, shardings)
   model_init.write_model_json(workdir, model_cfg, config)
@@ -77,8 +66,7 @@ def run(config, workdir: str) -> dict:
       stage=stage, state=state, train_step=train_step, batches=data.train_iter,
       put=lambda b: parallel.put_batch(b, mesh, rules), evaluate=evaluate, ckpt=ckpt, tc=tc,
       writer=writer, flops_per_token=model_cfg.flops_per_token(config.data.max_len),
-      peak_flops=metrics.peak_flops(tc.peak_tflops),
-      tokens_in=lambda b: int(b["attention_mask"].sum()))
+      peak_flops=metrics.peak_flops(tc.peak_tflops))
   writer.close()
   return {"step": step, "history": history, "state": state,
           "compiled": {"train": train_step.jitted, "eval": eval_step.jitted}}

@@ -5,7 +5,10 @@ iterator, logs every `train.log_every` steps (loss, tokens/s, model FLOPs utilis
 evaluates every `train.eval_every` steps, checkpoints every `train.checkpoint_every` steps and at
 the end (with the iterator's position, so a resumed run reads the batches an uninterrupted one
 would), and stops early at `train.stop_at` as a pre-empted run would.
-Not for: building the state, the steps or the data (each stage does that).
+The helpers before it are the set-up every such stage repeats: the optimizer from
+`config.optim`, the state restored from the workdir's checkpoint (with the batch iterator's
+position) or created fresh, and the one-line description of model and mesh.
+Not for: the steps or the data (each stage builds its own).
 """
 
 from __future__ import annotations
@@ -17,16 +20,44 @@ import jax
 import numpy as np
 
 from rlhf_jax import metrics
+from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
+
+
+def make_optimizer(config):
+  """The optax transformation of `config.optim`; the schedule spans `train.steps` by default."""
+  opt_d = dict(config.optim)
+  opt_d["total_steps"] = opt_d.get("total_steps") or config.train.steps
+  return OptimConfig.from_dict(opt_d).make()
+
+
+def restore_or_create(*, stage: str, ckpt, latest, model_cfg, tx, mesh, rules, seed: int,
+                      init_params, batches, writer, heads: str = "lm"):
+  """(state, shardings): the latest checkpoint with the iterator moved to its position, or a
+  fresh state born sharded from `init_params` (None: random init)."""
+  if latest is not None:
+    abstract, shardings, _ = state_shardings(model_cfg, tx, mesh, rules, heads)
+    state, meta = ckpt.restore(abstract, shardings)
+    batches.restore(meta["data"])
+    writer.text(f"[{stage}] resumed from {ckpt.directory} at step {latest}")
+    return state, shardings
+  return create_state(model_cfg, tx, mesh, rules, seed, params=init_params, heads=heads)
+
+
+def describe(stage: str, model_cfg, mesh, source: str, data_summary: str) -> str:
+  return (f"[{stage}] model: {model_cfg.num_params() / 1e6:.2f}M params, "
+          f"{model_cfg.num_layers} layers, hidden {model_cfg.hidden}, from {source}; mesh "
+          f"{dict(mesh.shape)} on {len(mesh.devices.flat)} {jax.devices()[0].platform} "
+          f"device(s); {data_summary}")
 
 
 def train_loop(*, stage: str, state, train_step: Callable, batches, put: Callable,
                evaluate: Callable[[Any, int], dict], ckpt, tc, writer, flops_per_token: float,
-               peak_flops: float, tokens_in: Callable[[dict], int]):
+               peak_flops: float):
   """Runs to `tc.steps` (or `tc.stop_at`); returns (state, step, history of eval dicts).
 
   batches: has next() -> host batch, state() and restore(); put: host batch -> device batch;
-  evaluate(params, step) -> metrics dict (it may print samples); tokens_in(batch) -> real
-  tokens in this process's part of the batch.
+  evaluate(params, step) -> metrics dict (it may print samples). tokens/s counts the real
+  tokens of the batch (its "attention_mask"), over all processes.
   """
   step = int(state.step)
   stop = min(tc.stop_at or tc.steps, tc.steps)
@@ -37,7 +68,7 @@ def train_loop(*, stage: str, state, train_step: Callable, batches, put: Callabl
   t_last, tokens_since, first_step = time.perf_counter(), 0, True
   while step < stop:
     batch = batches.next()
-    tokens_since += tokens_in(batch) * jax.process_count()
+    tokens_since += int(batch["attention_mask"].sum()) * jax.process_count()
     state, step_metrics = train_step(state, put(batch))
     step += 1
     if first_step:  # keep compilation out of the first tokens/s figure

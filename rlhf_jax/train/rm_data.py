@@ -24,6 +24,7 @@ from rlhf_jax import sampling
 from rlhf_jax.data import builtin_task as bt
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import labelers as lab
+from rlhf_jax.data.demonstrations import read_records
 from rlhf_jax.errors import ConfigError, DataError
 
 
@@ -87,7 +88,7 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
     path = os.path.join(workdir, f"comparisons_{split}.jsonl")
     if not os.path.exists(path):
       _sample_and_label(config, tokenizer, split, n, path)
-    out[split], stats[split] = cmp.comparisons_from_records(_read_jsonl(path), tokenizer, cfg)
+    out[split], stats[split] = cmp.comparisons_from_records(read_records(path), tokenizer, cfg)
   k = d.num_responses
   evals = out["eval"]
   gold = np.full((len(evals), k), np.nan)
@@ -110,16 +111,6 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
              f"K={k} SFT samples each ranked by {d.num_labelers} simulated labelers "
              f"(train: {stats['train']}; eval: {stats['eval']})")
   return RMData(out["train"], evals, k, summary, gold, ceiling)
-
-
-def _read_jsonl(path: str):
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f):
-      if line.strip():
-        try:
-          yield f"{path}:{i + 1}", i, json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
 
 
 def _policy(config):

@@ -27,9 +27,8 @@ from rlhf_jax.errors import ConfigError
 from rlhf_jax.reward import evaluate as rm_eval
 from rlhf_jax.reward import model as rm_model
 from rlhf_jax.train import model_init, rm_data
-from rlhf_jax.train.loop import train_loop
+from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
 from rlhf_jax.train.rm_steps import RMLossConfig, make_rm_steps
-from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
 
 def run(config, workdir: str) -> dict:
   if config.stage != "reward":
@@ -47,26 +46,16 @@ def run(config, workdir: str) -> dict:
   model_cfg, init_params = model_init.build(config, tokenizer, heads=heads,
                                             load_params=latest is None)
   data = rm_data.build(config, tokenizer, workdir)
-  start = config.init.hf_checkpoint or config.init.from_workdir or "scratch"
-  writer.text(f"[reward] model: {model_cfg.num_params() / 1e6:.2f}M params, "
-              f"{model_cfg.num_layers} layers, hidden {model_cfg.hidden}, from {start}; mesh "
-              f"{dict(mesh.shape)} on {len(mesh.devices.flat)} {jax.devices()[0].platform} "
-              f"device(s); {data.summary}")
-
-  opt_d = dict(config.optim)
-  opt_d["total_steps"] = opt_d.get("total_steps") or tc.steps
-  tx = OptimConfig.from_dict(opt_d).make()
+  source = config.init.hf_checkpoint or config.init.from_workdir or "scratch"
+  writer.text(describe("reward", model_cfg, mesh, source, data.summary))
+  tx = make_optimizer(config)
   seq_len = config.data.max_len
   batches = cmp.ComparisonIterator(data.train, tc.batch_size, data.k, seq_len, tokenizer.pad_id,
                                    config.seed, jax.process_index(), jax.process_count())
-  if latest is not None:
-    abstract, shardings, _ = state_shardings(model_cfg, tx, mesh, rules, heads)
-    state, meta = ckpt.restore(abstract, shardings)
-    batches.restore(meta["data"])
-    writer.text(f"[reward] resumed from {ckpt.directory} at step {latest}")
-  else:
-    state, shardings = create_state(model_cfg, tx, mesh, rules, config.seed, params=init_params,
-                                    heads=heads)
+  state, shardings = restore_or_create(
+      stage="reward", ckpt=ckpt, latest=latest, model_cfg=model_cfg, tx=tx, mesh=mesh,
+      rules=rules, seed=config.seed, init_params=init_params, batches=batches, writer=writer,
+      heads=heads)
   del init_params
   train_step, eval_step = make_rm_steps(model_cfg, tx, mesh, rules, shardings, lc)
   model_init.write_model_json(workdir, model_cfg, config, heads=heads,
@@ -98,9 +87,12 @@ def run(config, workdir: str) -> dict:
   gold = (None if data.gold_eval is None or data.valid else
           data.gold_eval[:len(eval_comps)])
 
+  last_eval = {}  # the final report reuses the last eval's rewards when they cover data.eval
+
   def evaluate(params, step):
-    del step
-    ev = rm_eval.evaluate_rewards(eval_rewards(params, eval_comps), ranks, lengths, gold)
+    rewards = eval_rewards(params, eval_comps)
+    last_eval.update(step=step, rewards=rewards)
+    ev = rm_eval.evaluate_rewards(rewards, ranks, lengths, gold)
     if data.labeler_ceiling is not None:
       ev["labeler_ceiling"] = data.labeler_ceiling
     prefix = "valid" if data.valid else "eval"
@@ -110,12 +102,15 @@ def run(config, workdir: str) -> dict:
       stage="reward", state=state, train_step=train_step, batches=batches, put=put,
       evaluate=evaluate, ckpt=ckpt, tc=tc, writer=writer,
       flops_per_token=model_cfg.flops_per_token(seq_len),
-      peak_flops=metrics.peak_flops(tc.peak_tflops),
-      tokens_in=lambda b: int(b["attention_mask"].sum()))
+      peak_flops=metrics.peak_flops(tc.peak_tflops))
 
   report = None
   if step >= tc.steps:
-    report = _finish(config, workdir, state.params, data, eval_rewards, writer)
+    if eval_comps is data.eval and last_eval.get("step") == step:
+      final_rewards = last_eval["rewards"]
+    else:
+      final_rewards = eval_rewards(state.params, data.eval)
+    report = _finish(config, workdir, data, final_rewards, writer)
   writer.close()
   return {"step": step, "history": history, "state": state, "report": report,
           "compiled": {"train": train_step.jitted, "eval": eval_step.jitted}}
@@ -139,10 +134,9 @@ def _tokenizer(config, workdir):
   return load_tokenizer(path), path
 
 
-def _finish(config, workdir, params, data, eval_rewards, writer):
-  """Full held-out evaluation on every eval comparison, then the normalisation."""
+def _finish(config, workdir, data, rewards, writer):
+  """The held-out report from every eval comparison's rewards [N, K], then the normalisation."""
   all_ranks = cmp.rank_matrix(data.eval, data.k)
-  rewards = eval_rewards(params, data.eval)
   ev = rm_eval.evaluate_rewards(rewards, all_ranks, cmp.response_lengths(data.eval, data.k),
                                 data.gold_eval)
   if data.labeler_ceiling is not None:
