@@ -21,6 +21,7 @@ setup(
         "safetensors>=0.4",
         "tensorboardX>=2.6",
         "numpy>=1.26",
+        "matplotlib>=3.8",  # the end-of-run plots
     ],
     extras_require={
         # torch==2.13.0 is the CPU build; a plain `torch` pulls a multi-GB CUDA build.

@@ -14,6 +14,9 @@ STAGES = {
     "pretrain": "rlhf_jax.train.lm_stage",
     "sft": "rlhf_jax.train.lm_stage",
     "reward": "rlhf_jax.train.rm_stage",
+    "ppo": "rlhf_jax.train.rl_stage",
+    "a2c": "rlhf_jax.train.rl_stage",
+    "sample": "rlhf_jax.train.sample_stage",
 }
 
 

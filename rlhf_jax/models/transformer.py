@@ -172,9 +172,8 @@ class Decoder(nn.Module):
       if "lm" not in self.heads.split("+"):
         raise ValueError("outputs asks for 'logits' but the model has no LM head")
       w = self.embed.T if cfg.tie_embeddings else self.lm_head
-      logits = jnp.einsum("btd,dv->btv", x, w.astype(cfg.compute_dtype),
-                          preferred_element_type=jnp.float32)
-      out["logits"] = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+      out["logits"] = nn.with_logical_constraint(_lm_logits(cfg, x, w),
+                                                 ("batch", "length", "vocab"))
     if "scores" in outputs:
       if "score" not in self.heads.split("+"):
         raise ValueError("outputs asks for 'scores' but the model has no score head")
@@ -185,6 +184,18 @@ class Decoder(nn.Module):
       new_cache = KVCache(key=new_layer_caches[0], value=new_layer_caches[1], valid=valid,
                           index=index + t)
     return out, new_cache
+
+
+def _lm_logits(cfg: ModelConfig, hidden_BxTxD, w_DxV):
+  return jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(cfg.compute_dtype),
+                    w_DxV.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+
+
+def lm_logits(cfg: ModelConfig, params, hidden_BxTxD):
+  """float32[B, T, V]: the LM head applied to final hidden states (`outputs=("hidden",)`), for
+  callers that need logits at a few positions only (an RL loss reads the response slots)."""
+  w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  return _lm_logits(cfg, hidden_BxTxD, w)
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array, heads: str = "lm"):

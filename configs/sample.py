@@ -1,0 +1,37 @@
+"""Sampling from any policy checkpoint with the compiled sampler (KV cache, one while_loop).
+
+  python -m rlhf_jax.main --config=configs/sample.py --config.init.from_workdir=runs/ppo
+  python -m rlhf_jax.main --config=configs/sample.py --config.init.from_workdir=runs/sft \
+      --config.prompts="Human: describe the kitten please . Assistant:"
+  python -m rlhf_jax.main --config=configs/sample.py --config.init.hf_checkpoint=/ckpt/Qwen2.5-0.5B \
+      --config.prompts="What is RLHF?" --config.sampling.temperature=0.7
+
+Without `prompts`, the held-out prompts of `data` are used (the built-in task's by default, with
+their gold scores). Samples go to `<workdir>/samples.jsonl`.
+"""
+
+import ml_collections as mc
+
+from rlhf_jax import config_base
+
+
+def get_config(arg=None):
+  preset, _ = config_base.parse_arg(arg)
+  if preset:
+    raise ValueError(f"configs/sample.py: no presets (got {preset!r})")
+  c = config_base.base_config("sample")
+  c.init.from_workdir = "runs/ppo"
+  c.prompts = ""  # "text|text|...": sample these instead of the data's held-out prompts
+  c.data.max_prompt_len = 24  # data prompts longer than this keep their last tokens
+  c.data.builtin_eval = 64
+  c.sampling = mc.ConfigDict({
+      "max_new_tokens": 40,
+      "temperature": 1.0,  # 0 = greedy
+      "top_k": 0,
+      "top_p": 1.0,
+      "batch_size": 64,
+      "num_prompts": 0,  # 0 = all
+      "show": 5,  # printed on the console
+  })
+  c.workdir = "runs/sample"
+  return c

@@ -1,0 +1,89 @@
+"""The settings of an RL fine-tuning run (PPO or A2C), checked once at start.
+
+Built from the `rl` section of configs/ppo.py / configs/a2c.py by `RLConfig.from_dict`; a
+misspelt key or a value out of range stops the run with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlhf_jax.errors import ConfigError
+from rlhf_jax.rl.kl import KL_ESTIMATORS
+
+ALGORITHMS = ("ppo", "a2c")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  algorithm: str = "ppo"  # "a2c": one on-policy pass, no ratio clipping
+  iterations: int = 100
+  rollout_batch: int = 64  # prompts sampled per iteration (one response each)
+  max_new_tokens: int = 32
+  temperature: float = 1.0  # the policy's log-probs in the loss use the same temperature
+  top_k: int = 0
+  top_p: float = 1.0
+  epochs: int = 4  # passes over the rollout batch per iteration
+  minibatches: int = 4  # per epoch
+  clip_eps: float = 0.2  # PPO ratio clipping (A2C: none)
+  value_clip_eps: float = 0.2  # 0 = unclipped value loss
+  vf_coef: float = 0.5  # weight of the value loss when the value head shares the policy trunk
+  entropy_coef: float = 0.0
+  gamma: float = 1.0
+  lam: float = 0.95
+  whiten_advantages: bool = True
+  kl_estimator: str = "k1"  # in the reward: k1, k2 or k3
+  kl_coef: float = 0.1  # β, initial value (fixed when adaptive_kl is False)
+  adaptive_kl: bool = True
+  kl_target: float = 6.0  # nats per sequence
+  kl_horizon: float = 10000.0  # samples
+  reward_scale: float = 1.0  # applied to the (normalised) RM score
+  reward_clip: float = 0.0  # |score| limit after scaling; 0 = none
+  # Responses that hit max_new_tokens without EOS: "penalty" gives them missing_eos_score
+  # instead of the RM score; "score" keeps the RM score.
+  missing_eos: str = "penalty"
+  missing_eos_score: float = -3.0
+  ptx_coef: float = 0.0  # InstructGPT's PPO-ptx: γ · LM loss on SFT batches in the policy loss
+  ptx_batch: int = 16  # rows of SFT data per minibatch when ptx_coef > 0
+  critic: str = "separate"  # or "shared": a value head on the policy trunk
+  critic_init: str = "reward"  # separate critic starts from the reward model or "sft"
+
+  def __post_init__(self):
+    checks = (
+        ("algorithm", self.algorithm in ALGORITHMS),
+        ("iterations", self.iterations > 0), ("rollout_batch", self.rollout_batch > 0),
+        ("max_new_tokens", self.max_new_tokens > 0), ("temperature", self.temperature > 0),
+        ("top_k", self.top_k >= 0), ("top_p", 0 < self.top_p <= 1),
+        ("epochs", self.epochs > 0), ("minibatches", self.minibatches > 0),
+        ("clip_eps", self.clip_eps >= 0), ("value_clip_eps", self.value_clip_eps >= 0),
+        ("vf_coef", self.vf_coef >= 0), ("entropy_coef", self.entropy_coef >= 0),
+        ("gamma", 0 <= self.gamma <= 1), ("lam", 0 <= self.lam <= 1),
+        ("kl_estimator", self.kl_estimator in KL_ESTIMATORS),
+        ("kl_coef", self.kl_coef >= 0), ("kl_target", self.kl_target > 0),
+        ("kl_horizon", self.kl_horizon > 0), ("reward_clip", self.reward_clip >= 0),
+        ("missing_eos", self.missing_eos in ("penalty", "score")),
+        ("ptx_coef", self.ptx_coef >= 0), ("ptx_batch", self.ptx_batch > 0),
+        ("critic", self.critic in ("separate", "shared")),
+        ("critic_init", self.critic_init in ("reward", "sft")))
+    for name, ok in checks:
+      if not ok:
+        raise ConfigError(f"rl.{name}={getattr(self, name)!r} is out of range")
+    if self.rollout_batch % self.minibatches:
+      raise ConfigError(f"rl.rollout_batch={self.rollout_batch} does not split into "
+                        f"rl.minibatches={self.minibatches} equal minibatches")
+
+  @classmethod
+  def from_dict(cls, d) -> "RLConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ConfigError(f"rl: unknown field(s) {unknown}; known: {sorted(names)}")
+    return cls(**dict(d))
+
+  @property
+  def minibatch_size(self) -> int:
+    return self.rollout_batch // self.minibatches
+
+  @property
+  def policy_clip(self) -> float:
+    return 0.0 if self.algorithm == "a2c" else self.clip_eps

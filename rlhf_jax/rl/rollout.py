@@ -1,0 +1,101 @@
+"""Scoring a batch of sampled responses: every pass over model weights after sampling, jitted.
+
+A rollout row is a left-padded prompt (width P) followed by the response slots (N):
+tokens [B, P+N], attention mask [B, P+N], response mask [B, N] (the response up to and including
+EOS). The token in slot t (column P+t) is predicted by the hidden state at column P+t−1, so every
+per-token quantity of the response (log-probs, entropy, values) reads columns P−1 … P+N−2.
+
+`score_rollout` computes, in one compiled function:
+  logprobs     of the sampled tokens under the rollout policy (teacher-forced, at the sampling
+               temperature: the "old" log-probs of PPO's ratio),
+  ref_logprobs under the frozen reference (same temperature),
+  values       from the critic (a separate score model, or the policy's own value head),
+  score        the reward models' combined, normalised score at the last response token, or
+               rl.missing_eos_score for responses that never emitted EOS,
+and from them the per-token rewards, GAE advantages (whitened) and returns.
+Not for: sampling (`rlhf_jax.sampling`) or the update (`rlhf_jax.rl.ppo`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models import forward, lm_logits
+from rlhf_jax.reward import combine
+from rlhf_jax.reward.model import raw_rewards
+from rlhf_jax.rl import advantages as adv_lib
+from rlhf_jax.rl import kl as kl_lib
+from rlhf_jax.rl.config import RLConfig
+
+
+def response_outputs(model_cfg, params, tokens_BxL, mask_BxL, prompt_width: int,
+                     temperature: float, heads: str = "lm", want_entropy: bool = False):
+  """dict: "logprobs" [B, N] of the response tokens at `temperature`, "entropy" [B, N] if asked,
+  "values" [B, N] when the model has a score head. The LM head runs on the N response columns
+  only (a 150K-token vocabulary over the whole row would dwarf the rest)."""
+  has_lm, has_score = "lm" in heads.split("+"), "score" in heads.split("+")
+  outs = ("hidden",) + (("scores",) if has_score else ())
+  out = forward(model_cfg, params, tokens_BxL, mask_BxL, outputs=outs, heads=heads)
+  p = prompt_width
+  res = {}
+  if has_lm:
+    logits = lm_logits(model_cfg, params, out["hidden"][:, p - 1:-1]) / temperature
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    res["logprobs"] = jnp.take_along_axis(logp_all, tokens_BxL[:, p:, None], axis=-1)[..., 0]
+    if want_entropy:
+      res["entropy"] = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  if has_score:
+    res["values"] = out["scores"][:, p - 1:-1]
+  return res
+
+
+def sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL):
+  """(float32[B] combined normalised score, {name: [B]}) of whole rows."""
+  each = {rm.name: rm.gain * raw_rewards(p, rm.model_cfg, tokens_BxL, mask_BxL) + rm.bias
+          for rm, p in zip(reward_models, rm_params)}
+  return combine.combine_rewards(each, rule), each
+
+
+def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL, mask_BxL,
+                  resp_mask_BxN, *, model_cfg, critic_cfg, heads: str, reward_models, rule,
+                  cfg: RLConfig, eos_id: int):
+  """The scored rollout: a dict of [B, N] / [B] arrays (see the module doc) plus the rewards,
+  "advantages" and "returns" the update reads, and the KL of each row."""
+  n = resp_mask_BxN.shape[1]
+  p = tokens_BxL.shape[1] - n
+  resp_mask = resp_mask_BxN.astype(bool)
+  pol = response_outputs(model_cfg, params, tokens_BxL, mask_BxL, p, cfg.temperature, heads)
+  ref = response_outputs(model_cfg, ref_params, tokens_BxL, mask_BxL, p, cfg.temperature)
+  if cfg.critic == "shared":
+    values = pol["values"]
+  else:
+    values = response_outputs(critic_cfg, critic_params, tokens_BxL, mask_BxL, p,
+                              cfg.temperature, heads="score")["values"]
+  values = jnp.where(resp_mask, values, 0.0)
+  logp = jnp.where(resp_mask, pol["logprobs"], 0.0)
+  ref_logp = jnp.where(resp_mask, ref["logprobs"], 0.0)
+
+  rm_score, each = sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL)
+  score = rm_score * cfg.reward_scale
+  if cfg.reward_clip:
+    score = jnp.clip(score, -cfg.reward_clip, cfg.reward_clip)
+  resp_tokens = tokens_BxL[:, p:]
+  has_eos = jnp.any(resp_mask & (resp_tokens == eos_id), axis=1)
+  if cfg.missing_eos == "penalty":
+    score = jnp.where(has_eos, score, cfg.missing_eos_score)
+
+  kl_tok = jnp.where(resp_mask, kl_lib.kl_per_token(logp, ref_logp, cfg.kl_estimator), 0.0)
+  rewards = adv_lib.token_rewards(score, kl_tok, resp_mask, beta)
+  advantages, returns = adv_lib.gae(rewards, values, resp_mask, cfg.gamma, cfg.lam)
+  if cfg.whiten_advantages:
+    advantages = adv_lib.whiten(advantages, resp_mask)
+  k1 = jnp.where(resp_mask, logp - ref_logp, 0.0)
+  out = {
+      "tokens": tokens_BxL, "attention_mask": mask_BxL, "response_mask": resp_mask,
+      "logprobs": logp, "ref_logprobs": ref_logp, "values": values, "rewards": rewards,
+      "advantages": advantages, "returns": returns, "score": score, "rm_score": rm_score,
+      "has_eos": has_eos, "kl_seq": jnp.sum(kl_tok, axis=1), "kl_k1_seq": jnp.sum(k1, axis=1),
+  }
+  out.update({f"rm_{name}": s for name, s in each.items()} if len(each) > 1 else {})
+  return out

@@ -1,0 +1,107 @@
+"""The data of an RL stage: prompts to sample from (training and held-out), the gold scorer of
+the built-in task, and the SFT batches of PPO-ptx.
+
+Prompts of iteration i are a pure function of (seed, i): shuffled epochs over the training
+prompts, so a resumed run samples the same prompts an uninterrupted one would without saving
+any iterator state. Prompts are token lists; `sampling.left_pad` makes them a batch.
+Not for: sampling or scoring (`rlhf_jax.rl.rollout`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import numpy as np
+
+from rlhf_jax.data import batching, builtin_task, demonstrations, lm_data
+from rlhf_jax.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass
+class RLData:
+  train_prompts: list  # [list[int]]
+  eval_prompts: list
+  summary: str
+  gold_fn: Callable | None = None  # (prompts [B, P], responses [B, N]) -> float32[B] (built-in)
+
+  def prompts_for(self, iteration: int, batch: int, seed: int) -> list[list[int]]:
+    """The `batch` training prompts of `iteration`: shuffled epochs, epoch e permuted by
+    (seed, e); a batch crossing an epoch boundary continues into the next epoch's order."""
+    n = len(self.train_prompts)
+    start = iteration * batch
+    out = []
+    for pos in range(start, start + batch):
+      epoch, i = divmod(pos, n)
+      order = _epoch_order(n, seed, epoch)
+      out.append(self.train_prompts[order[i]])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, 7, epoch]).permutation(n)
+
+
+def build(config, tokenizer) -> RLData:
+  d = config.data
+  width = d.max_prompt_len
+  if d.source == "builtin":
+    train = [p.ids for p in builtin_task.prompts(d.builtin_train, "train", config.seed + 303)]
+    evals = [p.ids for p in builtin_task.prompts(d.builtin_eval, "eval", config.seed + 303)]
+    gold = builtin_task.gold_scores
+    where = "built-in RL prompts"
+  else:
+    demo_cfg = lm_data._demo_config(config, builtin=False)  # pylint: disable=protected-access
+    train_ex, _ = demonstrations.load_examples(demo_cfg, tokenizer, "train")
+    eval_ex, _ = demonstrations.load_examples(demo_cfg, tokenizer, "eval")
+    train = [lm_data._prompt_of(ex, False) for ex in train_ex]  # pylint: disable=protected-access
+    evals = [lm_data._prompt_of(ex, False) for ex in eval_ex]  # pylint: disable=protected-access
+    if d.builtin_eval:
+      evals = evals[:d.builtin_eval]
+    gold, where = None, f"prompts of {d.source}"
+  trunc = sum(len(p) > width for p in train + evals)
+  if trunc and d.truncation != "truncate_prompt_left":
+    raise DataError(f"{trunc} prompts are longer than data.max_prompt_len={width} (set "
+                    "data.truncation='truncate_prompt_left' to keep their last tokens)")
+  train = [p[-width:] for p in train if p]
+  evals = [p[-width:] for p in evals if p]
+  if not train:
+    raise DataError(f"data.source={d.source!r}: no training prompts")
+  if not evals:
+    raise DataError(f"data.source={d.source!r}: no held-out prompts")
+  summary = (f"{where}: {len(train)} train / {len(evals)} held-out prompts of at most {width} "
+             f"tokens ({trunc} truncated from the left)")
+  return RLData(train, evals, summary, gold)
+
+
+class PtxBatches:
+  """PPO-ptx: `count` SFT batches of `rows` rows per iteration, stacked [count, rows, T], from
+  the pipeline's SFT data; resumable (its position is saved with the RL checkpoint)."""
+
+  def __init__(self, sft_config, tokenizer, rows: int, count: int, seed: int):
+    if sft_config is None:
+      raise ConfigError("rl.ptx_coef > 0 needs the SFT data: keep the pipeline.sft section")
+    demo_builtin = sft_config.data.source == "builtin"
+    if demo_builtin:
+      recs = builtin_task.demonstrations(sft_config.data.builtin_train, "train",
+                                         seed=sft_config.seed)
+      examples, _ = demonstrations.examples_from_records(
+          recs, tokenizer, lm_data._demo_config(sft_config, builtin=True))  # pylint: disable=protected-access
+    else:
+      examples, _ = demonstrations.load_examples(
+          lm_data._demo_config(sft_config, builtin=False), tokenizer, "train")  # pylint: disable=protected-access
+    self.count = count
+    self.iter = batching.BatchIterator(examples, rows, sft_config.data.max_len,
+                                       tokenizer.pad_id, seed=seed + 11)
+
+  def next(self) -> dict:
+    parts = [self.iter.next() for _ in range(self.count)]
+    return {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+
+  def state(self):
+    return self.iter.state()
+
+  def restore(self, s):
+    self.iter.restore(s)

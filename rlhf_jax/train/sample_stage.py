@@ -1,0 +1,90 @@
+"""The sample stage: generate from any policy checkpoint (an SFT or RL workdir, or a Hugging
+Face checkpoint) with the compiled sampler, and write the samples as JSON lines.
+
+Prompts are `prompts` (texts separated by "|"), or the held-out prompts of `data` (the built-in
+task's, or a dataset's prompt field). Each record has the prompt, the response, its token count,
+whether it ended with EOS, the sum of its log-probs at the sampling temperature, and on the
+built-in task its gold score. Output: `<workdir>/samples.jsonl`, and the first few on the console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from rlhf_jax import parallel, sampling
+from rlhf_jax.data import lm_data
+from rlhf_jax.errors import ConfigError
+from rlhf_jax.train import model_init, rl_data
+
+
+def run(config, workdir: str) -> dict:
+  if config.stage != "sample":
+    raise ConfigError(f"stage={config.stage!r}: this loop runs 'sample'")
+  if not (config.init.from_workdir or config.init.hf_checkpoint):
+    raise ConfigError("sample: set init.from_workdir (an SFT or RL workdir) or "
+                      "init.hf_checkpoint")
+  s = config.sampling
+  tokenizer = lm_data.load_tokenizer(config)
+  model_cfg, params = model_init.build(config, tokenizer, heads="lm")
+  mesh = parallel.make_mesh(dict(config.mesh))
+  rules = parallel.rules_from_config(config.sharding_rules)
+  gold_fn = None
+  if config.prompts:
+    prompts = [tokenizer.encode(p.strip()) for p in config.prompts.split("|") if p.strip()]
+  else:
+    data = rl_data.build(config, tokenizer)
+    prompts, gold_fn = data.eval_prompts, data.gold_fn
+  if s.num_prompts:
+    prompts = prompts[:s.num_prompts]
+  if not prompts:
+    raise ConfigError("sample: no prompts (set prompts='text|text' or a data source)")
+  scfg = sampling.SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                 top_k=s.top_k, top_p=s.top_p)
+  width = max(len(p) for p in prompts)
+  if width + s.max_new_tokens > model_cfg.max_seq_len:
+    raise ConfigError(f"the longest prompt ({width} tokens) + sampling.max_new_tokens="
+                      f"{s.max_new_tokens} exceeds the model's max_seq_len={model_cfg.max_seq_len}")
+  b = s.batch_size
+  div = parallel.batch_divisor(mesh, rules)
+  if b % div:
+    raise ConfigError(f"sampling.batch_size={b} does not divide over the mesh's batch axes "
+                      f"(size {div})")
+  records = []
+  with jax.set_mesh(mesh):
+    for start in range(0, len(prompts), b):
+      part = prompts[start:start + b]
+      padded = part + [part[-1]] * (b - len(part))
+      tok, mask = sampling.left_pad(padded, tokenizer.pad_id, width)
+      dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
+      out = sampling.generate(params, dev["t"], dev["m"], jax.random.PRNGKey(config.seed + start),
+                              model_cfg=model_cfg, cfg=scfg, eos_id=tokenizer.eos_id,
+                              pad_id=tokenizer.pad_id)
+      resp, rmask, logp = (np.asarray(jax.device_get(out[k])) for k in ("tokens", "mask",
+                                                                       "logprobs"))
+      gold = (gold_fn(np.where(mask, tok, tokenizer.pad_id),
+                      np.where(rmask, resp, tokenizer.pad_id)) if gold_fn else None)
+      for i, p in enumerate(part):
+        ids = [int(t) for t, m in zip(resp[i], rmask[i]) if m]
+        rec = {"prompt": tokenizer.decode(p), "response": tokenizer.decode(ids),
+               "tokens": len(ids), "eos": bool(ids and ids[-1] == tokenizer.eos_id),
+               "logprob": float(logp[i].sum())}
+        if gold is not None:
+          rec["gold"] = float(gold[i])
+        records.append(rec)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:
+      for rec in records:
+        f.write(json.dumps(rec) + "\n")
+    for rec in records[:s.show]:
+      extra = f"  [gold {rec['gold']:+.2f}]" if "gold" in rec else ""
+      print(f"{rec['prompt']!r} -> {rec['response']!r}{extra}", flush=True)
+    summary = f"[sample] {len(records)} samples -> {os.path.join(workdir, 'samples.jsonl')}"
+    if gold_fn:
+      summary += f"; mean gold score {np.mean([r['gold'] for r in records]):.3f}"
+    print(summary, flush=True)
+  return {"records": records}
