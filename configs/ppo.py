@@ -1,13 +1,13 @@
 """RL fine-tuning with PPO: the whole recipe on the built-in task from one command.
 
-  python -m rlhf_jax.main --config=configs/ppo.py     # SFT -> reward model -> PPO, CPU, minutes
+  python -m rlhf_jax.main --config=configs/ppo.py     # pretrain -> SFT -> RM -> PPO, CPU, minutes
   python -m rlhf_jax.main --config=configs/ppo.py --config.rl.kl_coef=0 \
       --config.rl.adaptive_kl=False --workdir=runs/ppo_beta0   # no KL penalty: RM over-optimised
 
-The upstream stages are full configs under `pipeline` (`--config.pipeline.sft.train.steps=...`);
-each runs first unless its workdir holds a finished run. The policy and the frozen reference start
-from `pipeline.sft.workdir`; the reward model(s) are `reward.models` (by default the pipeline's
-reward workdir).
+The upstream stages (pretraining, SFT, reward model) are full configs under `pipeline`
+(`--config.pipeline.sft.train.steps=...`); each runs first unless its workdir holds a finished
+run. The policy and the frozen reference start from `pipeline.sft.workdir`; the reward model(s)
+are `reward.models` (by default the pipeline's reward workdir).
 
 Presets: "" (the built-in task) only, for now.
 """
@@ -34,7 +34,7 @@ def rl_section(**overrides) -> mc.ConfigDict:
   """Every field is documented in rlhf_jax/rl/config.py (RLConfig)."""
   d = {
       "algorithm": "ppo",
-      "iterations": 120,
+      "iterations": 180,
       "rollout_batch": 64,
       "max_new_tokens": 40,
       "temperature": 1.0,
@@ -81,17 +81,20 @@ def get_config(arg=None):
   c.data.builtin_train = 4096  # RL prompts (built-in task)
   c.data.builtin_eval = 256  # held-out prompts for the evaluations
   c.train.log_every = 10  # iterations
-  c.train.eval_every = 40
-  c.train.checkpoint_every = 40
+  c.train.eval_every = 60
+  c.train.checkpoint_every = 60
   c.train.num_samples = 3
-  c.pipeline = mc.ConfigDict({"run_upstream": True, "sft": _stage_config("sft"),
-                              "reward": _stage_config("reward")})
-  # The pipeline's own workdirs (a standalone configs/sft.py run keeps runs/sft), and a budget
-  # that keeps the whole recipe within ten minutes on a 2-core CPU: a shorter SFT run than
-  # configs/sft.py's (it also leaves the RL stage room to improve).
+  c.pipeline = mc.ConfigDict({"run_upstream": True, "pretrain": _stage_config("pretrain"),
+                              "sft": _stage_config("sft"), "reward": _stage_config("reward")})
+  # The pipeline's own workdirs (a standalone configs/sft.py run keeps runs/sft), and the whole
+  # recipe within ten minutes on a 2-core CPU: pretraining on the built-in corpus (600 steps),
+  # then a short SFT from it (150 steps). Without pretraining, a 600-step SFT policy and the RM
+  # trained on its samples both ignore the prompt's topic, and PPO cannot learn it.
+  c.pipeline.pretrain.workdir = "runs/pipeline/pretrain"
   c.pipeline.sft.workdir = "runs/pipeline/sft"
   c.pipeline.reward.workdir = "runs/pipeline/reward"
-  c.pipeline.sft.train.steps = 600
+  c.pipeline.sft.init.from_workdir = c.pipeline.pretrain.get_ref("workdir")
+  c.pipeline.sft.train.steps = 150
   # One name for each workdir: the policy starts from the SFT run, the RM from the same SFT run,
   # and RL reads the RM the pipeline trains.
   c.init.from_workdir = c.pipeline.sft.get_ref("workdir")

@@ -39,9 +39,14 @@ def _tiny(c):
 def _pipeline_config(root, stage_cfg=ppo_config, **rl):
   """A tiny pipeline whose upstream stages take seconds."""
   c = stage_cfg.get_config()
+  c.pipeline.pretrain.workdir = os.path.join(root, "pretrain")
   c.pipeline.sft.workdir = os.path.join(root, "sft")
   c.pipeline.reward.workdir = os.path.join(root, "reward")
-  sft, rm = c.pipeline.sft, c.pipeline.reward
+  pre, sft, rm = c.pipeline.pretrain, c.pipeline.sft, c.pipeline.reward
+  _tiny(pre)
+  pre.data.builtin_train, pre.data.builtin_eval = 64, 8
+  pre.train.update(steps=3, batch_size=8, log_every=3, eval_every=100, checkpoint_every=100,
+                   num_samples=0)
   _tiny(sft)
   sft.data.builtin_train, sft.data.builtin_eval = 64, 8
   sft.train.update(steps=4, batch_size=8, log_every=2, eval_every=100, checkpoint_every=100,
@@ -79,10 +84,11 @@ def full_run(upstream, tmp_path_factory):
 
 
 def test_pipeline_skips_finished_stages_and_writes_summary_and_plot(upstream, full_run):
+  assert pipeline.finished(_pipeline_config(upstream).pipeline.pretrain)
   assert pipeline.finished(_pipeline_config(upstream).pipeline.sft)
   assert pipeline.finished(_pipeline_config(upstream).pipeline.reward)
   workdir, out, printed = full_run
-  assert "sft: " in printed and "reward: " in printed and printed.count("skipped") == 2
+  assert "sft: " in printed and "reward: " in printed and printed.count("skipped") == 3
   assert "SFT (reference)" in printed and "gold score gain" in printed
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)

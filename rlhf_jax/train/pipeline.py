@@ -1,6 +1,6 @@
-"""The whole recipe from one command: the RL config names its upstream stages (SFT, then the
-reward model) as full configs under `pipeline`, and each runs first unless its workdir already
-holds a finished run.
+"""The whole recipe from one command: the RL config names its upstream stages (pretraining, SFT,
+then the reward model) as full configs under `pipeline`, and each runs first unless its workdir
+already holds a finished run.
 
 "Finished" means the workdir's latest checkpoint is at the stage's `train.steps` (and, for a
 reward model, its normalisation file exists). An unfinished workdir resumes where it stopped,
@@ -15,7 +15,7 @@ import re
 
 from rlhf_jax.reward.model import NORM_FILE
 
-UPSTREAM = ("sft", "reward")
+UPSTREAM = ("pretrain", "sft", "reward")  # in this order; a config may leave any out
 
 
 def latest_step(workdir: str) -> int | None:
@@ -43,6 +43,8 @@ def run_upstream(config) -> None:
     return
   from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
   for name in UPSTREAM:
+    if name not in config.pipeline:
+      continue
     sub = config.pipeline[name]
     if finished(sub):
       print(f"[pipeline] {name}: {sub.workdir} holds a finished run (step {sub.train.steps}); "
