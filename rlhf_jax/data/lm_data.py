@@ -91,11 +91,11 @@ def build(config, tokenizer, model_cfg) -> LMData:
       train = builtin_task.demonstrations(dc.builtin_train, "train", seed=config.seed)
       evals = builtin_task.demonstrations(dc.builtin_eval, "eval", seed=config.seed)
       score_fn = builtin_task.gold_scores
-    demo_cfg = _demo_config(config, builtin=True)
+    demo_cfg = demo_config(config, builtin=True)
     train_ex, train_stats = demonstrations.examples_from_records(train, tokenizer, demo_cfg)
     eval_ex, eval_stats = demonstrations.examples_from_records(evals, tokenizer, demo_cfg)
   else:
-    demo_cfg = _demo_config(config, builtin=False)
+    demo_cfg = demo_config(config, builtin=False)
     train_ex, train_stats = demonstrations.load_examples(demo_cfg, tokenizer, "train")
     eval_ex, eval_stats = demonstrations.load_examples(demo_cfg, tokenizer, "eval")
   if pretrain:
@@ -117,17 +117,19 @@ def build(config, tokenizer, model_cfg) -> LMData:
       yield _process_slice(b, pid, procs)
 
   n_prompts = max(tc.num_samples, 64 if score_fn else 0)
-  prompts = [_prompt_of(ex, pretrain) for ex in eval_ex[:n_prompts]]
+  prompts = [prompt_of(ex, pretrain) for ex in eval_ex[:n_prompts]]
   summary = (f"data {dc.source}: {len(train_ex)} train / {len(eval_ex)} eval examples "
              f"(train: {train_stats})")
   if score_fn is not None:
-    demo_gold = [score_fn([_prompt_of(ex, False)], [ex.tokens[len(_prompt_of(ex, False)):]])[0]
+    demo_gold = [score_fn([prompt_of(ex, False)], [ex.tokens[len(prompt_of(ex, False)):]])[0]
                  for ex in eval_ex[:n_prompts]]
     summary += f"; mean gold score of the eval demonstrations {np.mean(demo_gold):.2f}"
   return LMData(tokenizer, train_iter, eval_batches, prompts, summary, score_fn)
 
 
-def _demo_config(config, builtin: bool):
+def demo_config(config, builtin: bool):
+  """The DemoConfig a stage's `config.data` describes (the built-in task's records carry their
+  prompts already rendered, hence the plain "{prompt}" template)."""
   dc = config.data
   fmt = "text" if config.stage == "pretrain" else dc.format
   return demonstrations.DemoConfig(
@@ -149,7 +151,9 @@ def _demo_config(config, builtin: bool):
   )
 
 
-def _prompt_of(example, pretrain: bool) -> list[int]:
+def prompt_of(example, pretrain: bool) -> list[int]:
+  """The prompt ids of an example: the tokens before its first target (for a pretraining row,
+  its first 8 tokens)."""
   tokens = [int(t) for t in example.tokens]
   if pretrain:
     return tokens[:8]

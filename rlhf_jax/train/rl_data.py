@@ -53,11 +53,11 @@ def build(config, tokenizer) -> RLData:
     gold = builtin_task.gold_scores
     where = "built-in RL prompts"
   else:
-    demo_cfg = lm_data._demo_config(config, builtin=False)  # pylint: disable=protected-access
+    demo_cfg = lm_data.demo_config(config, builtin=False)
     train_ex, _ = demonstrations.load_examples(demo_cfg, tokenizer, "train")
     eval_ex, _ = demonstrations.load_examples(demo_cfg, tokenizer, "eval")
-    train = [lm_data._prompt_of(ex, False) for ex in train_ex]  # pylint: disable=protected-access
-    evals = [lm_data._prompt_of(ex, False) for ex in eval_ex]  # pylint: disable=protected-access
+    train = [lm_data.prompt_of(ex, False) for ex in train_ex]
+    evals = [lm_data.prompt_of(ex, False) for ex in eval_ex]
     if d.builtin_eval:
       evals = evals[:d.builtin_eval]
     gold, where = None, f"prompts of {d.source}"
@@ -88,10 +88,10 @@ class PtxBatches:
       recs = builtin_task.demonstrations(sft_config.data.builtin_train, "train",
                                          seed=sft_config.seed)
       examples, _ = demonstrations.examples_from_records(
-          recs, tokenizer, lm_data._demo_config(sft_config, builtin=True))  # pylint: disable=protected-access
+          recs, tokenizer, lm_data.demo_config(sft_config, builtin=True))
     else:
       examples, _ = demonstrations.load_examples(
-          lm_data._demo_config(sft_config, builtin=False), tokenizer, "train")  # pylint: disable=protected-access
+          lm_data.demo_config(sft_config, builtin=False), tokenizer, "train")
     self.count = count
     self.iter = batching.BatchIterator(examples, rows, sft_config.data.max_len,
                                        tokenizer.pad_id, seed=seed + 11)

@@ -1,8 +1,8 @@
 """The RL fine-tuning stage: PPO (or A2C) of the SFT policy against the reward model(s), with a
 KL penalty to the frozen SFT reference.
 
-`run(config, workdir)` first runs the pipeline's upstream stages that have not finished (SFT,
-then the reward model; see `pipeline.py`), then iterates:
+`run(config, workdir)` first runs the pipeline's upstream stages that have not finished
+(pretraining, SFT, then the reward model; see `pipeline.py`), then iterates:
 
   prompts ─► generate (policy, KV cache, one while_loop) ─► score_rollout (old / reference
   log-probs, values, RM score, rewards, GAE) ─► update (epochs × minibatches, one program)
