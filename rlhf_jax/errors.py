@@ -5,6 +5,8 @@ of these. `rlhf_jax.main` catches `UserError` and prints only its message, so a 
 fix instead of a stack of frames.
 """
 
+import dataclasses
+
 
 class UserError(Exception):
   """Base class: something the user gave us is wrong; the message says what and where."""
@@ -20,3 +22,11 @@ class DataError(UserError):
 
 class ShapeError(UserError):
   """A sequence is longer than the model allows, or a mesh does not fit the devices."""
+
+
+def reject_unknown_fields(cls, fields, section: str) -> None:
+  """ConfigError naming every key of `fields` that dataclass `cls` does not have."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - names)
+  if unknown:
+    raise ConfigError(f"{section}: unknown field(s) {unknown}; known: {sorted(names)}")

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from rlhf_jax.errors import ConfigError
+from rlhf_jax.errors import ConfigError, reject_unknown_fields
 
 _NORMS = ("rms", "layer")
 _POSITIONS = ("rope", "learned")
@@ -103,10 +103,7 @@ class ModelConfig:
       if preset not in PRESETS:
         raise ConfigError(f"model.preset={preset!r}: unknown; choose one of {sorted(PRESETS)}")
       base = dataclasses.asdict(PRESETS[preset])
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ConfigError(f"model: unknown field(s) {unknown}; known: {sorted(names)}")
+    reject_unknown_fields(cls, d, "model")
     # None in the config section means "keep the preset's value".
     base.update({k: v for k, v in d.items() if v is not None})
     if isinstance(base.get("rope_llama3_scaling"), list):

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
@@ -25,6 +24,7 @@ from rlhf_jax import parallel, sampling
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.rollout import score_rollout
+from rlhf_jax.train.jit_steps import in_mesh, with_rules
 from rlhf_jax.train.state import param_shardings
 
 
@@ -51,20 +51,6 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
   scfg = sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  top_k=cfg.top_k, top_p=cfg.top_p)
 
-  def with_rules(fn):
-    @functools.wraps(fn)
-    def wrapped(*args):
-      with nn.logical_axis_rules(rules):
-        return fn(*args)
-    return wrapped
-
-  def in_mesh(fn):
-    @functools.wraps(fn)
-    def run(*args):
-      with jax.set_mesh(mesh):
-        return fn(*args)
-    return run
-
   def _generate(params, prompt, prompt_mask, rng):
     return sampling.generate(params, prompt, prompt_mask, rng, model_cfg=model_cfg, cfg=scfg,
                              eos_id=eos_id, pad_id=pad_id)
@@ -76,10 +62,10 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
                          model_cfg=model_cfg, critic_cfg=critic_cfg, heads=heads,
                          reward_models=reward_models, rule=rule, cfg=cfg, eos_id=eos_id)
 
-  gen_jit = jax.jit(with_rules(_generate),
+  gen_jit = jax.jit(with_rules(_generate, rules),
                     in_shardings=(policy_shardings.params, bsh(2), bsh(2), rep),
                     out_shardings={"tokens": bsh(2), "mask": bsh(2), "logprobs": bsh(2)})
-  score_jit = jax.jit(with_rules(_score), in_shardings=(
+  score_jit = jax.jit(with_rules(_score, rules), in_shardings=(
       policy_shardings.params, ref_sh, cri_params_sh, rm_sh, rep, bsh(2), bsh(2), bsh(2),
       bsh(2)))
   ptx_sh = None
@@ -88,9 +74,10 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
     ptx_sh = {k: NamedSharding(mesh, spec) for k in ("tokens", "loss_mask", "attention_mask")}
   update_fn = functools.partial(ppo.update, cfg=cfg, model_cfg=model_cfg, critic_cfg=critic_cfg,
                                 heads=heads, tx_policy=tx_policy, tx_critic=tx_critic)
-  update_jit = jax.jit(with_rules(update_fn),
+  update_jit = jax.jit(with_rules(update_fn, rules),
                        in_shardings=(policy_shardings, cri_sh,
                                      {k: bsh(2) for k in ppo.ROLLOUT_KEYS}, rep, ptx_sh),
                        out_shardings=(policy_shardings, cri_sh, rep), donate_argnums=(0, 1))
-  return RLFunctions(in_mesh(gen_jit), in_mesh(score_jit), in_mesh(update_jit), ptx_sh,
+  return RLFunctions(in_mesh(gen_jit, mesh), in_mesh(score_jit, mesh),
+                     in_mesh(update_jit, mesh), ptx_sh,
                      {"generate": gen_jit, "score": score_jit, "update": update_jit})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlhf_jax.errors import ConfigError
+from rlhf_jax.errors import ConfigError, reject_unknown_fields
 from rlhf_jax.rl.kl import KL_ESTIMATORS
 
 ALGORITHMS = ("ppo", "a2c")
@@ -74,10 +74,7 @@ class RLConfig:
 
   @classmethod
   def from_dict(cls, d) -> "RLConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ConfigError(f"rl: unknown field(s) {unknown}; known: {sorted(names)}")
+    reject_unknown_fields(cls, d, "rl")
     return cls(**dict(d))
 
   @property

@@ -9,6 +9,7 @@ Not for: the loss arithmetic (each stage's `*_steps.py`).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 import flax.linen as nn
@@ -17,31 +18,34 @@ import jax
 from rlhf_jax import parallel
 
 
+def with_rules(fn: Callable, rules) -> Callable:
+  """fn traced under the logical-axis rules (what `nn.with_logical_constraint` reads)."""
+  @functools.wraps(fn)
+  def wrapped(*args):
+    with nn.logical_axis_rules(rules):
+      return fn(*args)
+  return wrapped
+
+
+def in_mesh(fn: Callable, mesh) -> Callable:
+  """fn called with `mesh` as the current mesh."""
+  @functools.wraps(fn)
+  def run(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+  return run
+
+
 def compile_steps(train: Callable, evaluate: Callable, mesh, rules, shardings,
                   batch_ndims: Mapping[str, int]):
   """(run_train(state, batch), run_eval(params, batch)); `.jitted` on each is the jit object."""
   batch_sh = {k: parallel.batch_sharding(mesh, rules, n) for k, n in batch_ndims.items()}
   rep = parallel.replicated(mesh)
-
-  def with_rules(fn):
-    def wrapped(*args):
-      with nn.logical_axis_rules(rules):
-        return fn(*args)
-    return wrapped
-
-  train_jit = jax.jit(with_rules(train), in_shardings=(shardings, batch_sh),
+  train_jit = jax.jit(with_rules(train, rules), in_shardings=(shardings, batch_sh),
                       out_shardings=(shardings, rep), donate_argnums=0)
-  eval_jit = jax.jit(with_rules(evaluate), in_shardings=(shardings.params, batch_sh),
+  eval_jit = jax.jit(with_rules(evaluate, rules), in_shardings=(shardings.params, batch_sh),
                      out_shardings=rep)
-
-  def run_train(state, batch):
-    with jax.set_mesh(mesh):
-      return train_jit(state, batch)
-
-  def run_eval(params, batch):
-    with jax.set_mesh(mesh):
-      return eval_jit(params, batch)
-
+  run_train, run_eval = in_mesh(train_jit, mesh), in_mesh(eval_jit, mesh)
   run_train.jitted = train_jit
   run_eval.jitted = eval_jit
   return run_train, run_eval

@@ -39,7 +39,7 @@ def run(config, workdir: str) -> dict:
   data = lm_data.build(config, tokenizer, model_cfg)
   source = config.init.hf_checkpoint or config.init.from_workdir or "scratch"
   writer.text(describe(stage, model_cfg, mesh, source, data.describe()))
-  tx = make_optimizer(config)
+  tx = make_optimizer(config.optim, config.train.steps)
   state, shardings = restore_or_create(
       stage=stage, ckpt=ckpt, latest=latest, model_cfg=model_cfg, tx=tx, mesh=mesh, rules=rules,
       seed=config.seed, init_params=init_params, batches=data.train_iter, writer=writer)

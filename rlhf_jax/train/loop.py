@@ -23,10 +23,11 @@ from rlhf_jax import metrics
 from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
 
 
-def make_optimizer(config):
-  """The optax transformation of `config.optim`; the schedule spans `train.steps` by default."""
-  opt_d = dict(config.optim)
-  opt_d["total_steps"] = opt_d.get("total_steps") or config.train.steps
+def make_optimizer(section, total_steps: int):
+  """The optax transformation of an optim config section; unless the section sets
+  `total_steps`, the schedule spans `total_steps` optimizer steps."""
+  opt_d = dict(section)
+  opt_d["total_steps"] = opt_d.get("total_steps") or total_steps
   return OptimConfig.from_dict(opt_d).make()
 
 

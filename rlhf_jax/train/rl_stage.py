@@ -39,16 +39,11 @@ from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.losses import explained_variance
 from rlhf_jax.rl.compiled import compile_rl
 from rlhf_jax.train import model_init, pipeline, rl_data, rl_state
-from rlhf_jax.train.state import OptimConfig, TrainState, param_shardings
+from rlhf_jax.train.loop import make_optimizer
+from rlhf_jax.train.state import TrainState, param_shardings
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "rl_curves.png"
-
-
-def _optimizer(section, total_steps: int):
-  d = dict(section)
-  d["total_steps"] = d.get("total_steps") or total_steps
-  return OptimConfig.from_dict(d).make()
 
 
 def _same_tokenizer(a: str, b: str) -> bool:
@@ -111,8 +106,8 @@ def run(config, workdir: str) -> dict:
   policy_params = model_init.adapt_heads(ref_params, model_cfg, "lm", heads, config.seed)
 
   steps = cfg.iterations * cfg.epochs * cfg.minibatches
-  tx_policy = _optimizer(config.optim, steps)
-  tx_critic = _optimizer(config.critic_optim, steps)
+  tx_policy = make_optimizer(config.optim, steps)
+  tx_critic = make_optimizer(config.critic_optim, steps)
   data = rl_data.build(config, tokenizer)
   ptx = (rl_data.PtxBatches(config.pipeline.sft if "pipeline" in config else None, tokenizer,
                             cfg.ptx_batch, cfg.epochs * cfg.minibatches, config.seed)

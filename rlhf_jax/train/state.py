@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import parallel
-from rlhf_jax.errors import ConfigError
+from rlhf_jax.errors import ConfigError, reject_unknown_fields
 from rlhf_jax.models import Decoder, ModelConfig
 
 
@@ -55,10 +55,7 @@ class OptimConfig:
 
   @classmethod
   def from_dict(cls, d) -> "OptimConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ConfigError(f"optim: unknown field(s) {unknown}; known: {sorted(names)}")
+    reject_unknown_fields(cls, d, "optim")
     return cls(**dict(d))
 
   def schedule(self) -> optax.Schedule:
