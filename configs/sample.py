@@ -25,11 +25,11 @@ def get_config(arg=None):
   c.data.max_prompt_len = 24  # data prompts longer than this keep their last tokens
   c.data.builtin_eval = 64
   c.sampling = mc.ConfigDict({
-      "max_new_tokens": 40,
+      "max_new_tokens": 40,  # longest sampled response
       "temperature": 1.0,  # 0 = greedy
-      "top_k": 0,
-      "top_p": 1.0,
-      "batch_size": 64,
+      "top_k": 0,  # 0 = the whole vocabulary
+      "top_p": 1.0,  # 1 = no nucleus truncation
+      "batch_size": 64,  # prompts per compiled call; divides over the mesh
       "num_prompts": 0,  # 0 = all
       "show": 5,  # printed on the console
   })

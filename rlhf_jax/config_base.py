@@ -23,7 +23,9 @@ def model_section(preset: str = "tiny") -> mc.ConfigDict:
   When `init.hf_checkpoint` is set, the checkpoint's config.json decides the shape and only the
   runtime fields (dtype, param_dtype, remat, scan_layers) apply.
   """
-  fields = {"preset": preset}
+  fields = {
+      "preset": preset,  # a PRESETS name: tiny, small, gpt2, qwen05b, llama1b
+  }
   hints = typing.get_type_hints(ModelConfig)
   for f in dataclasses.fields(ModelConfig):
     t = hints[f.name]
@@ -43,19 +45,23 @@ def init_section() -> mc.ConfigDict:
 
 def mesh_section() -> mc.ConfigDict:
   # Sizes of the mesh axes; one may be -1 to take the remaining devices.
-  return mc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  return mc.ConfigDict({
+      "data": -1,  # data parallelism: the batch is split, params are replicated
+      "fsdp": 1,  # fully sharded data parallelism: the batch and the params are split
+      "tensor": 1,  # tensor parallelism: heads and MLP columns are split
+  })
 
 
 def optim_section(**overrides) -> mc.ConfigDict:
   d = {
       "learning_rate": 1e-3,  # peak, after linear warm-up
-      "warmup_steps": 20,
+      "warmup_steps": 20,  # linear warm-up from 0 to learning_rate
       "total_steps": config_dict.placeholder(int),  # None: train.steps
       "final_lr_fraction": 0.1,  # cosine decays to this fraction of the peak
       "weight_decay": 0.0,  # AdamW, on matrices only
-      "b1": 0.9,
-      "b2": 0.95,
-      "eps": 1e-8,
+      "b1": 0.9,  # Adam first-moment decay
+      "b2": 0.95,  # Adam second-moment decay
+      "eps": 1e-8,  # Adam epsilon
       "grad_clip_norm": 1.0,  # 0 disables
   }
   d.update(overrides)
@@ -72,11 +78,11 @@ def data_section(**overrides) -> mc.ConfigDict:
       # "prompt_response", "dialogue" (hh-rlhf text) or "messages" (role/content list); "text"
       # for pretraining corpora.
       "format": "prompt_response",
-      "prompt_field": "prompt",
-      "response_field": "response",
+      "prompt_field": "prompt",  # record field of the prompt (format="prompt_response")
+      "response_field": "response",  # record field of the response
       "input_field": "",  # optional, appended to the prompt (Alpaca's instruction + input)
       "text_field": "text",  # pretraining text, and the dialogue field when format="dialogue"
-      "messages_field": "messages",
+      "messages_field": "messages",  # role/content list field (format="messages")
       "dialogue_loss": "last_turn",  # or "all_turns"
       "prompt_template": "",  # "" = the tokenizer's default rendering; else uses "{prompt}"
       "max_len": 64,  # tokens per example (prompt + response + eos)
@@ -84,11 +90,11 @@ def data_section(**overrides) -> mc.ConfigDict:
       "truncation": "truncate_prompt_left",
       "train_split": "train",  # hub split names; local files are split by hash
       "eval_split": "",  # "" = hold out eval_fraction of train by a hash of the prompt
-      "eval_fraction": 0.05,
+      "eval_fraction": 0.05,  # held out by hash when eval_split is ""
       "max_records": 0,  # 0 = all
       # The built-in task: how many examples to generate for each split.
       "builtin_train": 4000,
-      "builtin_eval": 256,
+      "builtin_eval": 256,  # held-out examples of the built-in task
   }
   d.update(overrides)
   return mc.ConfigDict(d)
@@ -96,17 +102,17 @@ def data_section(**overrides) -> mc.ConfigDict:
 
 def train_section(**overrides) -> mc.ConfigDict:
   d = {
-      "steps": 500,
+      "steps": 500,  # optimizer steps of the stage
       "batch_size": 32,  # global, over all processes
-      "log_every": 50,
-      "eval_every": 100,
+      "log_every": 50,  # steps between console lines (every step goes to metrics.jsonl)
+      "eval_every": 100,  # steps between held-out evaluations (and one at the end)
       "eval_batches": 4,  # 0 = the whole eval split
-      "checkpoint_every": 200,
-      "keep_checkpoints": 2,
+      "checkpoint_every": 200,  # steps between checkpoints (and one at the end)
+      "keep_checkpoints": 2,  # newest checkpoints kept; older ones are deleted
       "stop_at": 0,  # stop (with a checkpoint) after this step, as a pre-empted run would
       "num_samples": 4,  # samples printed at each eval
-      "sample_tokens": 24,
-      "sample_temperature": 0.7,
+      "sample_tokens": 24,  # new tokens per printed sample
+      "sample_temperature": 0.7,  # of the printed samples
       # Peak TFLOP/s per device for the MFU figure; 0 = the data sheet's value for known chips.
       "peak_tflops": 0.0,
   }
@@ -116,8 +122,8 @@ def train_section(**overrides) -> mc.ConfigDict:
 
 def base_config(stage: str) -> mc.ConfigDict:
   return mc.ConfigDict({
-      "stage": stage,
-      "seed": 0,
+      "stage": stage,  # which stage runs: a key of rlhf_jax.stages.STAGES
+      "seed": 0,  # parameters, data order and sampling all derive from it
       "workdir": f"runs/{stage}",  # --workdir overrides
       "model": model_section(),
       "init": init_section(),
@@ -145,3 +151,19 @@ def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
     else:
       preset = part
   return preset, kv
+
+
+def from_file(spec: str):
+  """The config of `path/to/config.py[:arg]`, as `--config=` would build it (for notebooks and
+  scripts that call `rlhf_jax.stages.run(config, workdir)` themselves)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    from rlhf_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(f"config file {path!r} does not exist")
+  name = "rlhf_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  mod_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -19,15 +19,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:pr
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go "
                                "(default: the config's `workdir`).")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for "
-                                   "multi-process runs (auto-detected on TPU VMs and SLURM).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+                                   "multi-process runs (auto-detected on TPU VMs, SLURM and "
+                                   "Open MPI; env RLHF_JAX_COORDINATOR).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run "
+                                      "(env RLHF_JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index "
+                                   "(env RLHF_JAX_PROCESS_ID).")
 
 
 def _init_distributed():
-  import jax  # pylint: disable=g-import-not-at-top
-  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(distributed.plan(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                          _PROCESS_ID.value))
 
 
 def main(argv):

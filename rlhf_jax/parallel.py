@@ -145,3 +145,13 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.
     sharding = batch_sharding(mesh, rules, v.ndim)
     out[k] = jax.make_array_from_process_local_data(sharding, v)
   return out
+
+
+def to_host(x) -> np.ndarray:
+  """A (global) jax.Array as one numpy array holding all of it, on every process: an array
+  that spans several processes is all-gathered (every process must call this, in the same
+  order); anything else is simply fetched."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

@@ -65,6 +65,24 @@ def _pick(logits_BxV, rng, cfg: SamplingConfig):
   return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
 
+def compute_copy(params, model_cfg: ModelConfig):
+  """params with every weight matrix already in the compute dtype (bf16 when the master copy is
+  fp32): a decode step then reads half the bytes. Each matrix is cast at its use anyway, so the
+  values the model computes with are unchanged; norms, biases and a score head keep their dtype.
+  """
+  cd = model_cfg.compute_dtype
+  if model_cfg.storage_dtype == cd:
+    return params
+
+  def cast(path, x):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and not name.startswith("score"):
+      return x.astype(cd)
+    return x
+
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg", "eos_id", "pad_id"))
 def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig,
              cfg: SamplingConfig, eos_id: int, pad_id: int):
@@ -76,6 +94,7 @@ def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig
   b, p = prompt_BxP.shape
   n = cfg.max_new_tokens
   model = Decoder(model_cfg)
+  params = compute_copy(params, model_cfg)  # cast once, not once per decode step
   prompt_mask = prompt_mask_BxP.astype(bool)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
   prompt_len = jnp.sum(prompt_mask, axis=1)

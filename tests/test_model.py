@@ -9,7 +9,7 @@ import pytest
 from rlhf_jax import losses
 from rlhf_jax.models import Decoder, KVCache, ModelConfig, PRESETS, forward, init_params
 from rlhf_jax.models.layers import rope_inverse_frequencies
-from rlhf_jax.sampling import SamplingConfig, generate, left_pad
+from rlhf_jax.sampling import SamplingConfig, compute_copy, generate, left_pad
 
 LLAMA = ModelConfig(vocab_size=97, hidden=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     mlp_dim=64, max_seq_len=64)
@@ -210,3 +210,40 @@ def test_bf16_compute_keeps_fp32_params_and_tracks_fp32_logits():
   assert lo.dtype == jnp.float32  # logits accumulate in float32 whatever the compute dtype
   assert float(jnp.max(jnp.abs(lo - hi))) < 0.1
   assert float(jnp.max(jnp.abs(lo - hi))) > 0  # bf16 really was used
+
+
+def test_compute_copy_changes_no_value_the_model_computes_with():
+  # A sampler casts the fp32 master weights to bf16 once; the forward casts each matrix at its
+  # use anyway. So the copy computes exactly what the master weights rounded to bf16 compute.
+  # (Not bitwise what the fp32 master weights compute on the CPU: XLA's excess-precision
+  # rewrite there may drop an f32 -> bf16 -> f32 round trip and multiply unrounded weights.)
+  def rounded(path, x):
+    keep = x.ndim < 2 or str(path[-1].key).startswith("score")
+    return x if keep else x.astype(jnp.bfloat16).astype(jnp.float32)
+
+  for cfg in (LLAMA.replace(dtype="bfloat16"), GPT2.replace(dtype="bfloat16")):
+    params = _perturb(init_params(cfg, jax.random.key(3), heads="lm+score"))
+    copy = compute_copy(params, cfg)
+    leaves = jax.tree_util.tree_leaves_with_path(copy)
+    assert any(x.dtype == jnp.bfloat16 for _, x in leaves)
+    assert all(x.dtype == jnp.float32 for p, x in leaves
+               if x.ndim < 2 or str(p[-1].key).startswith("score"))
+    tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, cfg.vocab_size)
+    mask = jnp.ones_like(tokens, bool)
+    a = forward(cfg, jax.tree_util.tree_map_with_path(rounded, params), tokens, mask,
+                heads="lm+score")
+    b = forward(cfg, copy, tokens, mask, heads="lm+score")
+    c = forward(cfg, params, tokens, mask, heads="lm+score")
+    for k in ("logits", "scores"):
+      np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+      np.testing.assert_allclose(np.asarray(b[k]), np.asarray(c[k]), atol=0.05)
+  assert compute_copy(params, LLAMA) is params  # fp32 compute: nothing to cast
+
+
+def test_flops_per_token_counts_the_tied_lm_head():
+  tied = LLAMA.replace(tie_embeddings=True)
+  untied = LLAMA.replace(tie_embeddings=False)
+  head = 6 * LLAMA.vocab_size * LLAMA.hidden
+  assert tied.flops_per_token(16) == pytest.approx(untied.flops_per_token(16))
+  assert tied.flops_per_token(16) - tied.flops_per_token(16, lm_head=False) == head
+  assert untied.flops_per_token(16) - untied.flops_per_token(16, lm_head=False) == head

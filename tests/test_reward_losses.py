@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from rlhf_jax.errors import ConfigError, DataError
-from rlhf_jax.models import ModelConfig, init_params
+from rlhf_jax.models import ModelConfig, forward, init_params
 from rlhf_jax.reward import combine, evaluate
 from rlhf_jax.reward import model as rm_model
-from rlhf_jax.reward.losses import last_token_scores, preference_matrix, ranking_loss
+from rlhf_jax.reward.losses import (last_token_scores, pooled_scores, preference_matrix,
+                                    ranking_loss)
 from rlhf_jax.train.rm_steps import RMLossConfig, response_rewards, rm_loss
 
 
@@ -78,6 +79,42 @@ def test_last_token_scores_right_and_left_padding():
   left = jnp.array([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 0]], bool)
   np.testing.assert_array_equal(last_token_scores(s, right), [2.0, 11.0])
   np.testing.assert_array_equal(last_token_scores(s, left), [5.0, 10.0])
+
+
+def test_pooled_scores_match_numpy():
+  rng = np.random.default_rng(3)
+  s = rng.normal(size=(3, 7)).astype(np.float32)
+  mask = np.zeros((3, 7), bool)
+  mask[0, 2:] = True  # left padded
+  mask[1, :4] = True  # right padded
+  np.testing.assert_allclose(pooled_scores(s, mask, "sum", 0.25),
+                             0.25 * np.array([s[0, 2:].sum(), s[1, :4].sum(), 0.0]), rtol=1e-6)
+  np.testing.assert_allclose(pooled_scores(s, mask, "mean"),
+                             [s[0, 2:].mean(), s[1, :4].mean(), 0.0], rtol=1e-6)
+  np.testing.assert_array_equal(pooled_scores(s, mask, "last")[:2], [s[0, 6], s[1, 3]])
+  with pytest.raises(ValueError, match="pooling"):
+    pooled_scores(s, mask, "max")
+
+
+def test_sum_pooled_reward_model_rewards_are_additive_and_padding_free():
+  cfg = TINY.replace(score_pooling="sum")
+  params = init_params(cfg, jax.random.key(2), heads="score")
+  rng = np.random.default_rng(4)
+  tokens = rng.integers(3, 50, size=(1, 2, 12)).astype(np.int32)
+  tokens[0, 1, :5] = tokens[0, 0, :5]  # a shared 5-token prompt
+  mask = np.zeros((1, 2, 12), bool)
+  mask[0, 0, :12] = True
+  mask[0, 1, :8] = True
+  r = np.asarray(response_rewards(params, cfg, tokens, mask))[0]
+  per_tok = np.asarray(forward(cfg, params, tokens.reshape(2, 12), mask.reshape(2, 12),
+                               outputs=("scores",), heads="score")["scores"])
+  want = [per_tok[0].sum() / cfg.max_seq_len, per_tok[1, :8].sum() / cfg.max_seq_len]
+  np.testing.assert_allclose(r, want, rtol=1e-5)
+  # The difference of two responses to one prompt holds no prompt term: the prompt's scores
+  # are the same in both rows (causal attention), so they cancel.
+  np.testing.assert_allclose(per_tok[0, :5], per_tok[1, :5], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match="score_pooling"):
+    TINY.replace(score_pooling="max")
 
 
 TINY = ModelConfig(vocab_size=50, hidden=32, num_layers=2, num_heads=4, num_kv_heads=2,

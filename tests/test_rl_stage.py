@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import parallel, sampling, stages
+from rlhf_jax import parallel, sampling, smoke, stages
 from rlhf_jax.errors import ConfigError, DataError
 from rlhf_jax.models import ModelConfig, init_params
 from rlhf_jax.reward import combine
@@ -32,31 +32,12 @@ import a2c  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 import ppo as ppo_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _tiny(c):
-  c.model.hidden, c.model.mlp_dim, c.model.num_layers = 32, 64, 1
-
-
 def _pipeline_config(root, stage_cfg=ppo_config, **rl):
-  """A tiny pipeline whose upstream stages take seconds."""
+  """A tiny pipeline whose upstream stages take seconds (`rlhf_jax.smoke`), 4 RL iterations."""
   c = stage_cfg.get_config()
-  c.pipeline.pretrain.workdir = os.path.join(root, "pretrain")
-  c.pipeline.sft.workdir = os.path.join(root, "sft")
-  c.pipeline.reward.workdir = os.path.join(root, "reward")
-  pre, sft, rm = c.pipeline.pretrain, c.pipeline.sft, c.pipeline.reward
-  _tiny(pre)
-  pre.data.builtin_train, pre.data.builtin_eval = 64, 8
-  pre.train.update(steps=3, batch_size=8, log_every=3, eval_every=100, checkpoint_every=100,
-                   num_samples=0)
-  _tiny(sft)
-  sft.data.builtin_train, sft.data.builtin_eval = 64, 8
-  sft.train.update(steps=4, batch_size=8, log_every=2, eval_every=100, checkpoint_every=100,
-                   num_samples=0)
-  rm.data.update(builtin_train=24, builtin_eval=8, num_responses=2)
-  rm.train.update(steps=4, batch_size=8, log_every=2, eval_every=100, checkpoint_every=100)
-  c.data.builtin_train, c.data.builtin_eval = 64, 16
-  c.rl.update(dict(iterations=4, rollout_batch=16, minibatches=2, epochs=2, max_new_tokens=8))
+  smoke.apply(c, {**smoke.PIPELINE, **smoke.workdirs(root), "rl.iterations": 4,
+                  "train.log_every": 2, "train.eval_every": 100, "train.checkpoint_every": 100})
   c.rl.update(rl)
-  c.train.update(log_every=2, eval_every=100, checkpoint_every=100, num_samples=1)
   return c
 
 

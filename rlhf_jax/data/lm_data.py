@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rlhf_jax import sampling
+from rlhf_jax import parallel, sampling
 from rlhf_jax.data import batching, demonstrations
 from rlhf_jax.data.tokenizer import load_tokenizer as _load_tokenizer
 from rlhf_jax.errors import ConfigError
@@ -60,8 +60,7 @@ class LMData:
                             cfg=sampling.SamplingConfig(max_new_tokens=n,
                                                         temperature=tc.sample_temperature),
                             eos_id=tok.eos_id, pad_id=tok.pad_id)
-    resp = np.asarray(jax.device_get(out["tokens"]))
-    rmask = np.asarray(jax.device_get(out["mask"]))
+    resp, rmask = parallel.to_host(out["tokens"]), parallel.to_host(out["mask"])
     lines, extra = [], {}
     gold = None
     if self.score_fn is not None:

@@ -16,6 +16,7 @@ from rlhf_jax.errors import ConfigError, reject_unknown_fields
 
 _NORMS = ("rms", "layer")
 _POSITIONS = ("rope", "learned")
+_POOLINGS = ("last", "mean", "sum")
 _MLPS = ("swiglu", "gelu")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -29,29 +30,35 @@ class ModelConfig:
   GPT-2: norm="layer", position="learned", mlp="gelu", all biases, tied embeddings.
   """
 
-  vocab_size: int = 512
-  hidden: int = 64
-  num_layers: int = 2
-  num_heads: int = 4
-  num_kv_heads: int = 4
+  vocab_size: int = 512  # rows of the embedding table (and LM head columns)
+  hidden: int = 64  # model width d
+  num_layers: int = 2  # decoder blocks
+  num_heads: int = 4  # query heads
+  num_kv_heads: int = 4  # key/value heads (< num_heads: grouped-query attention)
   head_dim: int = 0  # 0 means hidden // num_heads
-  mlp_dim: int = 256
-  max_seq_len: int = 128
-  norm: str = "rms"
-  norm_eps: float = 1e-5
-  position: str = "rope"
-  rope_theta: float = 10_000.0
+  mlp_dim: int = 256  # hidden width of the MLP
+  max_seq_len: int = 128  # longest row (prompt + response) the model takes
+  norm: str = "rms"  # "rms" (RMSNorm) or "layer" (LayerNorm)
+  norm_eps: float = 1e-5  # epsilon inside the norms
+  position: str = "rope"  # "rope" (rotary) or "learned" (absolute embeddings)
+  rope_theta: float = 10_000.0  # RoPE base frequency
   # Llama-3 frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_len).
   rope_llama3_scaling: tuple[float, float, float, int] | None = None
-  mlp: str = "swiglu"
-  qkv_bias: bool = False
+  mlp: str = "swiglu"  # "swiglu" (Llama) or "gelu" (GPT-2)
+  qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2, GPT-2)
   out_bias: bool = False  # attention output projection bias (GPT-2)
-  mlp_bias: bool = False
-  tie_embeddings: bool = False
+  mlp_bias: bool = False  # biases in the MLP (GPT-2)
+  tie_embeddings: bool = False  # the LM head is the embedding table transposed
   dtype: str = "float32"  # compute dtype of matmuls
   param_dtype: str = "float32"  # storage dtype of parameters (master weights)
-  remat: str = "none"
-  scan_layers: bool = True
+  remat: str = "none"  # activation recomputation: none, full, dots, dots_no_batch
+  scan_layers: bool = True  # layers as one lax.scan (fast compiles) or unrolled
+  # How a score head (reward model) turns per-token scores [B, T] into one number per row:
+  # "last" (the last real token: InstructGPT), "mean" or "sum" over the row's real tokens ("sum"
+  # divided by max_seq_len, a constant that keeps rewards of order one). With "sum" the reward is
+  # additive over tokens, so length is a feature the model gets for free and the context decides
+  # its sign; the prompt's own terms cancel between two responses to the same prompt.
+  score_pooling: str = "last"
 
   def __post_init__(self):
     def need(cond, field, why):
@@ -73,6 +80,7 @@ class ModelConfig:
     need(self.remat in _REMAT, "remat", f"must be one of {_REMAT}")
     need(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}")
     need(self.param_dtype in _DTYPES, "param_dtype", f"must be one of {_DTYPES}")
+    need(self.score_pooling in _POOLINGS, "score_pooling", f"must be one of {_POOLINGS}")
     need(self.norm_eps > 0, "norm_eps", "must be positive")
     if self.rope_llama3_scaling is not None:
       need(len(self.rope_llama3_scaling) == 4, "rope_llama3_scaling",
@@ -131,9 +139,14 @@ class ModelConfig:
       total += self.vocab_size * d  # the LM head is a matmul, embeddings are a lookup
     return total
 
-  def flops_per_token(self, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B convention."""
+  def flops_per_token(self, seq_len: int, lm_head: bool = True) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B convention:
+    6 per matmul weight (the LM head counted, tied or not, when `lm_head`) plus attention."""
     n = self.num_params(include_embeddings=False)
+    if lm_head and self.tie_embeddings:
+      n += self.vocab_size * self.hidden  # the tied table is a real matmul as the LM head
+    elif not lm_head and not self.tie_embeddings:
+      n -= self.vocab_size * self.hidden  # a reward model or critic has no LM head
     attn = 2 * self.num_layers * self.num_heads * self.dim_per_head * seq_len
     return 6.0 * n + 6.0 * attn
 

@@ -428,6 +428,14 @@ def _host(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
+def hf_config(cfg: ModelConfig) -> dict:
+  """The Hugging Face config.json (a dict) of the architecture that reproduces `cfg`."""
+  model_type = _family_of(cfg)
+  fam = _FAMILIES[model_type]
+  return dict(architectures=[fam.arch], model_type=model_type, dtype=cfg.param_dtype,
+              **fam.write_config(cfg, model_type))
+
+
 def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, params,
                     *, max_shard_size_bytes: int | None = None) -> None:
   """Writes config.json and safetensors that `AutoModelForCausalLM.from_pretrained` loads.
@@ -458,8 +466,7 @@ def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, params,
   for old in glob.glob(os.path.join(path, "model*.safetensors")) + [os.path.join(path, _INDEX)]:
     if os.path.isfile(old):
       os.remove(old)
-  hf_cfg = dict(architectures=[fam.arch], model_type=model_type, dtype=cfg.param_dtype,
-                **fam.write_config(cfg, model_type))
+  hf_cfg = hf_config(cfg)
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
 

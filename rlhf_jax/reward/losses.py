@@ -14,7 +14,8 @@ seen once per step however many pairs it is in.
 
 The optional centring penalty, coef · mean(r²) over the real responses, keeps rewards near zero
 without changing their differences (the preference loss only sees differences).
-`last_token_scores` reads a score head's output at each row's last real token (the RM's reward).
+`last_token_scores` reads a score head's output at each row's last real token (the RM's reward);
+`pooled_scores` also offers the mean or the sum over the row's real tokens (model.score_pooling).
 Not for: the model, the data, or evaluation metrics (see `rlhf_jax.reward.evaluate`).
 """
 
@@ -32,6 +33,22 @@ def last_token_scores(scores_BxT, mask_BxT):
   t = scores_BxT.shape[-1]
   last = jnp.max(jnp.where(mask_BxT.astype(bool), jnp.arange(t), 0), axis=-1)
   return jnp.take_along_axis(scores_BxT, last[..., None], axis=-1)[..., 0]
+
+
+def pooled_scores(scores_BxT, mask_BxT, pooling: str = "last", sum_scale: float = 1.0):
+  """float32[B]: one reward per row from per-token scores: "last" (last real token), "mean"
+  over the real tokens, or "sum" over them times `sum_scale` (a constant: the model passes
+  1 / max_seq_len so a reward stays of order one and additive over tokens whatever the row's
+  padded length). Rows with no real token give 0 for "mean" and "sum"."""
+  if pooling == "last":
+    return last_token_scores(scores_BxT, mask_BxT)
+  m = mask_BxT.astype(scores_BxT.dtype)
+  total = jnp.sum(scores_BxT * m, axis=-1)
+  if pooling == "sum":
+    return total * sum_scale
+  if pooling == "mean":
+    return total / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+  raise ValueError(f"pooling={pooling!r} must be 'last', 'mean' or 'sum'")
 
 
 def preference_matrix(ranks_BxK):

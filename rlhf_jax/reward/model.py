@@ -20,7 +20,7 @@ import numpy as np
 
 from rlhf_jax.errors import DataError
 from rlhf_jax.models import ModelConfig, forward
-from rlhf_jax.reward.losses import last_token_scores
+from rlhf_jax.reward.losses import pooled_scores
 
 NORM_FILE = "reward_norm.json"
 
@@ -64,10 +64,12 @@ class RewardModel:
 
 
 def raw_rewards(params, model_cfg: ModelConfig, tokens_BxT, mask_BxT):
-  """float32[B]: the scalar head at each row's last real token."""
+  """float32[B]: the scalar head pooled over each row (model_cfg.score_pooling; default: the
+  last real token)."""
   scores = forward(model_cfg, params, tokens_BxT, mask_BxT, outputs=("scores",),
                    heads="score")["scores"]
-  return last_token_scores(scores, mask_BxT)
+  return pooled_scores(scores, mask_BxT, model_cfg.score_pooling,
+                       1.0 / model_cfg.max_seq_len)
 
 
 def normalized_rewards(rm: RewardModel, params, tokens_BxT, mask_BxT):

@@ -17,24 +17,24 @@ ALGORITHMS = ("ppo", "a2c")
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
   algorithm: str = "ppo"  # "a2c": one on-policy pass, no ratio clipping
-  iterations: int = 100
+  iterations: int = 100  # sample-score-update rounds
   rollout_batch: int = 64  # prompts sampled per iteration (one response each)
-  max_new_tokens: int = 32
+  max_new_tokens: int = 32  # longest sampled response
   temperature: float = 1.0  # the policy's log-probs in the loss use the same temperature
-  top_k: int = 0
-  top_p: float = 1.0
+  top_k: int = 0  # sample among the k likeliest tokens; 0 = all
+  top_p: float = 1.0  # nucleus sampling; 1 = off
   epochs: int = 4  # passes over the rollout batch per iteration
   minibatches: int = 4  # per epoch
   clip_eps: float = 0.2  # PPO ratio clipping (A2C: none)
   value_clip_eps: float = 0.2  # 0 = unclipped value loss
   vf_coef: float = 0.5  # weight of the value loss when the value head shares the policy trunk
-  entropy_coef: float = 0.0
-  gamma: float = 1.0
-  lam: float = 0.95
-  whiten_advantages: bool = True
+  entropy_coef: float = 0.0  # weight of the entropy bonus in the policy loss
+  gamma: float = 1.0  # discount of GAE
+  lam: float = 0.95  # λ of GAE
+  whiten_advantages: bool = True  # advantages to mean 0, std 1 over the batch's tokens
   kl_estimator: str = "k1"  # in the reward: k1, k2 or k3
   kl_coef: float = 0.1  # β, initial value (fixed when adaptive_kl is False)
-  adaptive_kl: bool = True
+  adaptive_kl: bool = True  # Ziegler et al.'s controller moves β towards kl_target
   kl_target: float = 6.0  # nats per sequence
   kl_horizon: float = 10000.0  # samples
   reward_scale: float = 1.0  # applied to the (normalised) RM score
@@ -42,7 +42,7 @@ class RLConfig:
   # Responses that hit max_new_tokens without EOS: "penalty" gives them missing_eos_score
   # instead of the RM score; "score" keeps the RM score.
   missing_eos: str = "penalty"
-  missing_eos_score: float = -3.0
+  missing_eos_score: float = -3.0  # the score such a response gets
   ptx_coef: float = 0.0  # InstructGPT's PPO-ptx: γ · LM loss on SFT batches in the policy loss
   ptx_batch: int = 16  # rows of SFT data per minibatch when ptx_coef > 0
   critic: str = "separate"  # or "shared": a value head on the policy trunk

@@ -161,8 +161,7 @@ def run(config, workdir: str) -> dict:
                    dev["m"], gen["tokens"], gen["mask"])
     jax.block_until_ready(ro)
     t2 = time.perf_counter()
-    resp = np.asarray(jax.device_get(gen["tokens"]))
-    rmask = np.asarray(jax.device_get(gen["mask"]))
+    resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
     return p_tok, p_mask, resp, rmask, ro, (t1 - t0, t2 - t1)
 
   def gold_of(p_tok, p_mask, resp, rmask):
@@ -172,7 +171,7 @@ def run(config, workdir: str) -> dict:
                         np.where(rmask, resp, tokenizer.pad_id))
 
   def rollout_stats(prefix, ro, gold, rmask):
-    h = {k: np.asarray(jax.device_get(ro[k])) for k in ("rm_score", "score", "kl_seq",
+    h = {k: parallel.to_host(ro[k]) for k in ("rm_score", "score", "kl_seq",
                                                        "kl_k1_seq", "has_eos")}
     lengths = rmask.sum(axis=1)
     out = {f"{prefix}rm_score": h["rm_score"].mean(), f"{prefix}score": h["score"].mean(),
@@ -200,7 +199,7 @@ def run(config, workdir: str) -> dict:
                                                            jax.random.fold_in(eval_key, s))
       n = len(part)
       gold = gold_of(p_tok, p_mask, resp, rmask)
-      h = {k: np.asarray(jax.device_get(ro[k]))[:n] for k in ("rm_score", "kl_k1_seq",
+      h = {k: parallel.to_host(ro[k])[:n] for k in ("rm_score", "kl_k1_seq",
                                                             "has_eos")}
       h["length"] = rmask[:n].sum(axis=1)
       if gold is not None:
@@ -263,12 +262,15 @@ def run(config, workdir: str) -> dict:
     else:
       new_beta = beta
     it += 1
-    state = rl_state.RLState(step=jnp.asarray(it, jnp.int32), params=policy.params,
-                             opt_state=policy.opt_state, rng=rng, critic=critic,
+    # Scalars and keys placed on the whole mesh (a checkpoint of several processes can only
+    # hold global arrays).
+    state = rl_state.RLState(step=jax.device_put(jnp.asarray(it, jnp.int32), rep),
+                             params=policy.params, opt_state=policy.opt_state,
+                             rng=jax.device_put(rng, rep), critic=critic,
                              kl_coef=jax.device_put(jnp.asarray(new_beta, jnp.float32), rep))
     vals["beta"] = float(beta)
-    vals["explained_variance"] = float(explained)
-    vals.update({k: float(v) for k, v in umet.items()})
+    vals["explained_variance"] = float(parallel.to_host(explained))
+    vals.update({k: float(parallel.to_host(v)) for k, v in umet.items()})
     vals.update(time_generate=t_gen, time_score=t_score, time_update=t_update,
                 samples=cfg.rollout_batch * it)
     if it % tc.log_every == 0 or it == cfg.iterations or it == 1:

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlhf_jax import sampling
+from rlhf_jax import parallel, sampling
 from rlhf_jax.data import builtin_task as bt
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import labelers as lab
@@ -140,7 +140,7 @@ def sample_responses(params, model_cfg, prompts: list[list[int]], k: int, max_ne
     res = sampling.generate(params, tokens, mask, jax.random.PRNGKey(seed + start),
                             model_cfg=model_cfg, cfg=scfg, eos_id=tokenizer.eos_id,
                             pad_id=tokenizer.pad_id)
-    toks, m = np.asarray(res["tokens"]), np.asarray(res["mask"])
+    toks, m = parallel.to_host(res["tokens"]), parallel.to_host(res["mask"])
     out.extend(toks[r][m[r]].tolist() for r in range(min(len(part), len(rows) - start)))
   return [out[i * k:(i + 1) * k] for i in range(len(prompts))]
 

@@ -101,7 +101,7 @@ def run(config, workdir: str) -> dict:
   state, step, history = train_loop(
       stage="reward", state=state, train_step=train_step, batches=batches, put=put,
       evaluate=evaluate, ckpt=ckpt, tc=tc, writer=writer,
-      flops_per_token=model_cfg.flops_per_token(seq_len),
+      flops_per_token=model_cfg.flops_per_token(seq_len, lm_head=lc.lm_coef > 0),
       peak_flops=metrics.peak_flops(tc.peak_tflops))
 
   report = None

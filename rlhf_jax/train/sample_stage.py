@@ -63,8 +63,7 @@ def run(config, workdir: str) -> dict:
       out = sampling.generate(params, dev["t"], dev["m"], jax.random.PRNGKey(config.seed + start),
                               model_cfg=model_cfg, cfg=scfg, eos_id=tokenizer.eos_id,
                               pad_id=tokenizer.pad_id)
-      resp, rmask, logp = (np.asarray(jax.device_get(out[k])) for k in ("tokens", "mask",
-                                                                       "logprobs"))
+      resp, rmask, logp = (parallel.to_host(out[k]) for k in ("tokens", "mask", "logprobs"))
       gold = (gold_fn(np.where(mask, tok, tokenizer.pad_id),
                       np.where(rmask, resp, tokenizer.pad_id)) if gold_fn else None)
       for i, p in enumerate(part):
