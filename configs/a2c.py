@@ -4,16 +4,11 @@ DeepMind used), through the same pipeline as configs/ppo.py.
   python -m rlhf_jax.main --config=configs/a2c.py     # reuses runs/sft and runs/reward
 """
 
-import importlib.util
-import os
+from rlhf_jax import config_base
 
 
 def get_config(arg=None):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ppo.py")
-  spec = importlib.util.spec_from_file_location("rlhf_jax_configs_ppo", path)
-  ppo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(ppo)
-  c = ppo.get_config(arg)
+  c = config_base.sibling(__file__, "ppo", arg)
   c.stage = "a2c"
   c.rl.algorithm = "a2c"
   c.rl.epochs = 1

@@ -12,9 +12,6 @@ are `reward.models` (by default the pipeline's reward workdir).
 Presets: "" (the built-in task) only, for now.
 """
 
-import importlib.util
-import os
-
 import ml_collections as mc
 
 from rlhf_jax import config_base
@@ -23,11 +20,7 @@ from rlhf_jax.reward.combine import rewards_section
 
 def _stage_config(name: str, arg=None):
   """get_config(arg) of configs/<name>.py, the file beside this one."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"rlhf_jax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_base.sibling(__file__, name, arg)
 
 
 def rl_section(**overrides) -> mc.ConfigDict:
@@ -36,6 +29,9 @@ def rl_section(**overrides) -> mc.ConfigDict:
       "algorithm": "ppo",
       "iterations": 180,
       "rollout_batch": 64,
+      "group_size": 1,
+      "group_scale": "group",
+      "kl_penalty": "reward",
       "max_new_tokens": 40,
       "temperature": 1.0,
       "top_k": 0,

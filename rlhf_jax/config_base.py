@@ -167,3 +167,11 @@ def from_file(spec: str):
   module = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+def sibling(config_file: str, name: str, arg=None):
+  """get_config(arg) of configs/<name>.py, the file beside `config_file` (one config building on
+  another: a2c/grpo/rloo/dpo on ppo, the pipeline's stages on theirs)."""
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  return from_file(path + (f":{arg}" if arg else ""))

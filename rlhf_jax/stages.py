@@ -16,7 +16,11 @@ STAGES = {
     "reward": "rlhf_jax.train.rm_stage",
     "ppo": "rlhf_jax.train.rl_stage",
     "a2c": "rlhf_jax.train.rl_stage",
+    "grpo": "rlhf_jax.train.rl_stage",
+    "rloo": "rlhf_jax.train.rl_stage",
     "sample": "rlhf_jax.train.sample_stage",
+    "best_of_n": "rlhf_jax.train.best_of_n_stage",
+    "dpo": "rlhf_jax.train.dpo_stage",
 }
 
 

@@ -202,3 +202,30 @@ def test_rl_config_names_the_bad_field():
     RLConfig(rollout_batch=10, minibatches=3)
   with pytest.raises(ConfigError, match=r"unknown field\(s\) \['epoch'\]"):
     RLConfig.from_dict({"epoch": 2})
+
+
+def test_group_advantages_match_numpy():
+  from rlhf_jax.rl import group_advantages as ga  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  r = rng.normal(size=(6, 4)).astype(np.float32)
+  mean = r.mean(axis=1, keepdims=True)
+  np.testing.assert_allclose(ga.grpo_advantages(r, "group", 1e-4),
+                             (r - mean) / (r.std(axis=1, keepdims=True) + 1e-4), rtol=1e-5)
+  np.testing.assert_allclose(ga.grpo_advantages(r, "batch", 1e-4), (r - mean) / (r.std() + 1e-4),
+                             rtol=1e-5)
+  np.testing.assert_allclose(ga.grpo_advantages(r, "none"), r - mean, rtol=1e-5, atol=1e-6)
+  # RLOO against its definition, one response at a time.
+  want = np.array([[r[p, i] - np.mean(np.delete(r[p], i)) for i in range(4)] for p in range(6)])
+  np.testing.assert_allclose(ga.rloo_advantages(r), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ga.rloo_advantages(r), 4 / 3 * (r - mean), rtol=1e-5, atol=1e-6)
+  # A group whose rewards are all equal carries no signal: zero advantage, no division by zero.
+  same = np.ones((2, 4), np.float32)
+  assert np.all(np.asarray(ga.grpo_advantages(same)) == 0)
+  assert np.all(np.asarray(ga.rloo_advantages(same)) == 0)
+  mask = _prefix_masks(rng, 3, 5)
+  a = np.array([1.0, -2.0, 0.5], np.float32)
+  np.testing.assert_array_equal(ga.per_token(a, mask), np.where(mask, a[:, None], 0.0))
+  with pytest.raises(ValueError):
+    ga.rloo_advantages(r[:, :1])
+  with pytest.raises(ValueError):
+    ga.grpo_advantages(r, "token")

@@ -29,6 +29,8 @@ from rlhf_jax.train.state import OptimConfig, create_state, param_shardings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 import a2c  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import grpo  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import rloo  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import ppo as ppo_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -112,7 +114,8 @@ def test_first_minibatch_ratio_is_exactly_one(full_run):
   assert any(r["last_approx_kl"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("variant", ["a2c", "shared_value_head_ptx", "k3_fixed_beta"])
+@pytest.mark.parametrize("variant", ["a2c", "shared_value_head_ptx", "k3_fixed_beta", "grpo",
+                                     "rloo"])
 def test_variants_run_through_the_same_pipeline(upstream, tmp_path, variant):
   if variant == "a2c":
     c = _pipeline_config(upstream, stage_cfg=a2c, iterations=2, minibatches=1)
@@ -120,10 +123,14 @@ def test_variants_run_through_the_same_pipeline(upstream, tmp_path, variant):
   elif variant == "shared_value_head_ptx":
     c = _pipeline_config(upstream, iterations=2, critic="shared", ptx_coef=0.5, ptx_batch=8)
     stage = "ppo"
-  else:
+  elif variant == "k3_fixed_beta":
     c = _pipeline_config(upstream, iterations=2, kl_estimator="k3", adaptive_kl=False,
                          critic_init="sft")
     stage = "ppo"
+  else:
+    c = _pipeline_config(upstream, stage_cfg=grpo if variant == "grpo" else rloo, iterations=2,
+                         group_size=4)
+    stage = variant
   out = stages.run(c, str(tmp_path))
   rows = [r for r in _log(str(tmp_path), stage) if "policy_loss" in r]
   assert len(rows) == 2
@@ -137,6 +144,10 @@ def test_variants_run_through_the_same_pipeline(upstream, tmp_path, variant):
   if variant == "k3_fixed_beta":
     assert rows[0]["beta"] == rows[1]["beta"] == pytest.approx(0.1)
     assert "kl_k3" in rows[0]
+  if variant in ("grpo", "rloo"):
+    assert "value_loss" not in rows[0]  # no critic
+    assert ("kl_loss" in rows[0]) == (variant == "grpo")  # GRPO: KL in the loss
+    assert rows[-1]["samples"] == 2 * 16
 
 
 def test_scoring_logprobs_equal_the_samplers_at_the_same_temperature():
@@ -243,3 +254,86 @@ def test_sample_stage_writes_samples_with_gold_scores(upstream, tmp_path):
   c.prompts = "Human: describe the kitten please . Assistant:"
   out = stages.run(c, str(tmp_path))
   assert len(out["records"]) == 1 and out["records"][0]["prompt"].startswith("Human:")
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_group_advantages_in_the_scored_rollout(algorithm):
+  """Prompt-major groups: every response of a group gets one advantage on all its tokens, and a
+  group's advantages sum to zero (GRPO: its reward z-scores; RLOO: reward − leave-one-out mean)."""
+  cfg = ModelConfig(vocab_size=64, hidden=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                    mlp_dim=64, max_seq_len=32, tie_embeddings=False)
+  rl = RLConfig(algorithm=algorithm, critic="none", group_size=4, rollout_batch=8,
+                minibatches=2, max_new_tokens=10, whiten_advantages=False,
+                kl_penalty="loss" if algorithm == "grpo" else "reward",
+                missing_eos="score")  # random tokens never end: keep the RM's scores
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  rm, rm_params = _fake_rm(cfg, 2)
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(3, 64, (8, 16)).astype(np.int32)
+  resp_mask = np.arange(10)[None] < rng.integers(1, 11, 8)[:, None]
+  mask = np.concatenate([np.ones((8, 6), bool), resp_mask], 1)
+  ro = score_rollout(params, params, None, [rm_params], jnp.float32(0.1), tokens, mask,
+                     resp_mask, model_cfg=cfg, critic_cfg=None, heads="lm",
+                     reward_models=[rm], rule=combine.CombineRule(), cfg=rl, eos_id=2)
+  adv = np.asarray(ro["advantages"])
+  seq = np.asarray(ro["score"]).reshape(2, 4)  # same policy and reference: the KL is 0
+  want = (seq - seq.mean(1, keepdims=True)) / (seq.std(1, keepdims=True) + 1e-4) \
+      if algorithm == "grpo" else 4 / 3 * (seq - seq.mean(1, keepdims=True))
+  for row in range(8):
+    np.testing.assert_allclose(adv[row][resp_mask[row]], want.reshape(-1)[row], rtol=1e-4,
+                               atol=1e-5)
+    assert np.all(adv[row][~resp_mask[row]] == 0)
+  np.testing.assert_allclose(want.sum(axis=1), 0, atol=1e-4)
+  assert np.abs(want).max() > 0.01  # the scores differ, so the test has something to check
+  assert np.all(np.asarray(ro["values"]) == 0)
+
+
+def test_best_of_n(upstream, tmp_path):
+  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import best_of_n_stage as bon  # pylint: disable=g-import-not-at-top
+  assert bon.kl_best_of_n(1) == 0.0
+  assert bon.kl_best_of_n(16) == pytest.approx(np.log(16) - 15 / 16)
+  scores = np.array([[0.1, 0.5, 0.3, 0.9], [2.0, -1.0, 0.0, 1.0]])
+  np.testing.assert_array_equal(bon.pick(scores, 1), [0, 0])
+  np.testing.assert_array_equal(bon.pick(scores, 3), [1, 0])
+  with pytest.raises(ConfigError):
+    bon.parse_ns("0,4")
+  c = config_base.from_file(os.path.join(REPO, "configs", "best_of_n.py"))
+  c.init.from_workdir = os.path.join(upstream, "sft")
+  c.reward.models = os.path.join(upstream, "reward")
+  c.best_of_n.update(ns="1,2,4", num_prompts=8, prompts_per_call=4, max_new_tokens=8)
+  res = stages.run(c, str(tmp_path))["results"]
+  assert list(res) == ["1", "2", "4"]
+  rm = [res[n]["rm_score"] for n in ("1", "2", "4")]
+  assert rm[0] <= rm[1] <= rm[2] and rm[0] < rm[2]  # the best of nested subsets can only rise
+  assert all(np.isfinite(res[n]["gold"]) for n in res)
+  with open(tmp_path / "best_of_n.jsonl", encoding="utf-8") as f:
+    recs = [json.loads(l) for l in f]
+  assert len(recs) == 8 and all({"prompt", "response", "rm_score"} <= set(r) for r in recs)
+  assert np.mean([r["rm_score"] for r in recs]) == pytest.approx(rm[2], rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo"])
+def test_dpo_on_the_pipelines_comparisons(upstream, tmp_path, loss):
+  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
+  c = config_base.from_file(os.path.join(REPO, "configs", "dpo.py"))
+  smoke.apply(c, {k: v for k, v in {**smoke.PIPELINE, **smoke.workdirs(upstream)}.items()
+                  if k.startswith("pipeline.")})
+  c.dpo.loss = loss
+  c.train.update(steps=6, batch_size=8, log_every=2, eval_every=3, checkpoint_every=3)
+  c.eval_policy.update(prompts=16, batch_size=8, max_new_tokens=8)
+  c.optim.learning_rate = 1e-3
+  out = stages.run(c, str(tmp_path))
+  rows = _log(str(tmp_path), "dpo")
+  train = [r for r in rows if "reward_margin" in r]
+  evals = [r for r in rows if "eval_reward_accuracy" in r]
+  assert len(train) == 3 and [r["step"] for r in evals] == [0, 3, 6]
+  # Step 0: the policy is the reference, so every implicit reward is 0 and no pair is won.
+  assert evals[0]["eval_reward_margin"] == 0 and evals[0]["eval_reward_accuracy"] == 0
+  assert evals[-1]["eval_reward_margin"] > 0  # training separates chosen from rejected
+  pe = out["policy_eval"]
+  assert list(pe) == ["SFT (reference)", "DPO"] and pe["SFT (reference)"]["kl"] == 0
+  assert pe["DPO"]["kl"] != 0 and all(np.isfinite(v["gold"]) for v in pe.values())
+  assert os.path.exists(tmp_path / "eval_policy.json")
+  # The workdir reads like an SFT one: the sample stage can load it.
+  assert json.load(open(tmp_path / "model.json"))["heads"] == "lm"

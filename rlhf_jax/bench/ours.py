@@ -182,7 +182,8 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
     t2 = time.perf_counter()
     pol = TrainState(step=jnp.zeros((), jnp.int32), params=policy.params,
                      opt_state=policy.opt_state, rng=jnp.zeros((2,), jnp.uint32))
-    pol, critic, met = fns.update(pol, critic, {k: ro[k] for k in ppo.ROLLOUT_KEYS}, key, None)
+    pol, critic, met = fns.update(pol, critic, {k: ro[k] for k in ppo.ROLLOUT_KEYS}, key, None,
+                                  beta)
     jax.block_until_ready(met)
     t3 = time.perf_counter()
     policy = policy.replace(params=pol.params, opt_state=pol.opt_state)

@@ -415,14 +415,16 @@ def record_texts(cfg: ComparisonConfig, split: str = "train"):
 
 # ---- batches -----------------------------------------------------------------------------------
 def pad_comparisons(comps: Sequence[Comparison], k: int, seq_len: int, pad_id: int,
-                    rows: int | None = None) -> dict[str, np.ndarray]:
+                    rows: int | None = None, response_mask: bool = False) -> dict[str, np.ndarray]:
   """{"tokens" [B,K,T] int32, "attention_mask" [B,K,T] bool, "ranks" [B,K] int32 (-1: no
-  response), "margin" [B] float32}; rows beyond len(comps) are empty (count for nothing)."""
+  response), "margin" [B] float32}, and with `response_mask` also "response_mask" [B,K,T] bool
+  (the response tokens of each row); rows beyond len(comps) are empty (count for nothing)."""
   rows = len(comps) if rows is None else rows
   tokens = np.full((rows, k, seq_len), pad_id, np.int32)
   mask = np.zeros((rows, k, seq_len), bool)
   ranks = np.full((rows, k), -1, np.int32)
   margin = np.zeros((rows,), np.float32)
+  resp = np.zeros((rows, k, seq_len), bool)
   for b, c in enumerate(comps):
     if c.k > k:
       raise DataError(f"a comparison with {c.k} responses does not fit K={k}")
@@ -431,9 +433,13 @@ def pad_comparisons(comps: Sequence[Comparison], k: int, seq_len: int, pad_id: i
         raise DataError(f"a row of {len(row)} tokens does not fit seq_len={seq_len}")
       tokens[b, j, :len(row)] = row
       mask[b, j, :len(row)] = True
+      resp[b, j, len(row) - c.response_lens[j]:len(row)] = True
       ranks[b, j] = c.ranks[j]
     margin[b] = c.margin
-  return {"tokens": tokens, "attention_mask": mask, "ranks": ranks, "margin": margin}
+  out = {"tokens": tokens, "attention_mask": mask, "ranks": ranks, "margin": margin}
+  if response_mask:
+    out["response_mask"] = resp
+  return out
 
 
 def rank_matrix(comps: Sequence[Comparison], k: int) -> np.ndarray:
@@ -458,7 +464,8 @@ class ComparisonIterator:
   slice of every global batch."""
 
   def __init__(self, comps: Sequence[Comparison], batch_size: int, k: int, seq_len: int,
-               pad_id: int, seed: int, process_index: int = 0, process_count: int = 1):
+               pad_id: int, seed: int, process_index: int = 0, process_count: int = 1,
+               response_mask: bool = False):
     if not comps:
       raise DataError("no training comparisons (every record was skipped or the source is "
                       "empty)")
@@ -466,7 +473,7 @@ class ComparisonIterator:
       raise ConfigError(f"train.batch_size={batch_size} does not divide over {process_count} "
                         "processes")
     self.comps, self.batch_size, self.k, self.seq_len = comps, batch_size, k, seq_len
-    self.pad_id, self.seed = pad_id, seed
+    self.pad_id, self.seed, self.response_mask = pad_id, seed, response_mask
     self.pid, self.procs = process_index, process_count
     self.epoch, self.pos = 0, 0
     self._order = self._make_order()
@@ -492,4 +499,5 @@ class ComparisonIterator:
       self.pos += take
     per = self.batch_size // self.procs
     mine = picked[self.pid * per:(self.pid + 1) * per]
-    return pad_comparisons([self.comps[i] for i in mine], self.k, self.seq_len, self.pad_id)
+    return pad_comparisons([self.comps[i] for i in mine], self.k, self.seq_len, self.pad_id,
+                           response_mask=self.response_mask)

@@ -92,6 +92,21 @@ def load_reward_model(workdir: str, config, name: str | None = None) -> RewardMo
 
 
 
+def check_tokenizers(models, policy_tokenizer: str) -> None:
+  """ConfigError unless every reward model was trained with the policy's tokenizer spec (the
+  policy's token ids are fed to the reward models as they are)."""
+  from rlhf_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
+  def norm(s):
+    return os.path.abspath(s) if s and os.path.isdir(s) else s
+
+  for rm in models:
+    if rm.tokenizer and policy_tokenizer and norm(rm.tokenizer) != norm(policy_tokenizer):
+      raise ConfigError(f"reward model {rm.name!r} ({rm.workdir}) was trained with tokenizer "
+                        f"{rm.tokenizer!r} but the policy uses {policy_tokenizer!r}; the "
+                        "policy's tokens are fed to the reward model, so they must match")
+
+
 def load_reward_models(section, config):
   """([RewardModel], combine.CombineRule): every reward model a `reward` config section names,
   and the rule that combines them."""

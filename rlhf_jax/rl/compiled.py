@@ -76,7 +76,7 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
                                 heads=heads, tx_policy=tx_policy, tx_critic=tx_critic)
   update_jit = jax.jit(with_rules(update_fn, rules),
                        in_shardings=(policy_shardings, cri_sh,
-                                     {k: bsh(2) for k in ppo.ROLLOUT_KEYS}, rep, ptx_sh),
+                                     {k: bsh(2) for k in ppo.ROLLOUT_KEYS}, rep, ptx_sh, rep),
                        out_shardings=(policy_shardings, cri_sh, rep), donate_argnums=(0, 1))
   return RLFunctions(in_mesh(gen_jit, mesh), in_mesh(score_jit, mesh),
                      in_mesh(update_jit, mesh), ptx_sh,

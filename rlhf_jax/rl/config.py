@@ -1,4 +1,4 @@
-"""The settings of an RL fine-tuning run (PPO or A2C), checked once at start.
+"""The settings of an RL fine-tuning run (PPO, A2C, GRPO or RLOO), checked once at start.
 
 Built from the `rl` section of configs/ppo.py / configs/a2c.py by `RLConfig.from_dict`; a
 misspelt key or a value out of range stops the run with the key named.
@@ -11,14 +11,22 @@ import dataclasses
 from rlhf_jax.errors import ConfigError, reject_unknown_fields
 from rlhf_jax.rl.kl import KL_ESTIMATORS
 
-ALGORITHMS = ("ppo", "a2c")
+ALGORITHMS = ("ppo", "a2c", "grpo", "rloo")
+GROUP_ALGORITHMS = ("grpo", "rloo")  # critic-free: baselines from a group of responses
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  algorithm: str = "ppo"  # "a2c": one on-policy pass, no ratio clipping
+  # "ppo"; "a2c": one on-policy pass, no ratio clipping; "grpo" / "rloo": no critic, the
+  # advantage is a response's reward against its group (group_size responses per prompt).
+  algorithm: str = "ppo"
   iterations: int = 100  # sample-score-update rounds
-  rollout_batch: int = 64  # prompts sampled per iteration (one response each)
+  rollout_batch: int = 64  # responses sampled per iteration: rollout_batch / group_size prompts
+  group_size: int = 1  # responses per prompt (G); grpo and rloo need at least 2
+  group_scale: str = "group"  # grpo: divide by the group's std, the batch's, or "none"
+  # Where β·KL to the reference goes: "reward" (per token, as in PPO; RLOO) or "loss" (a k3
+  # term in the policy loss, as in GRPO; the reward is then the RM score alone).
+  kl_penalty: str = "reward"
   max_new_tokens: int = 32  # longest sampled response
   temperature: float = 1.0  # the policy's log-probs in the loss use the same temperature
   top_k: int = 0  # sample among the k likeliest tokens; 0 = all
@@ -45,7 +53,7 @@ class RLConfig:
   missing_eos_score: float = -3.0  # the score such a response gets
   ptx_coef: float = 0.0  # InstructGPT's PPO-ptx: γ · LM loss on SFT batches in the policy loss
   ptx_batch: int = 16  # rows of SFT data per minibatch when ptx_coef > 0
-  critic: str = "separate"  # or "shared": a value head on the policy trunk
+  critic: str = "separate"  # "shared": a value head on the policy trunk; "none" (grpo, rloo)
   critic_init: str = "reward"  # separate critic starts from the reward model or "sft"
 
   def __post_init__(self):
@@ -63,11 +71,24 @@ class RLConfig:
         ("kl_horizon", self.kl_horizon > 0), ("reward_clip", self.reward_clip >= 0),
         ("missing_eos", self.missing_eos in ("penalty", "score")),
         ("ptx_coef", self.ptx_coef >= 0), ("ptx_batch", self.ptx_batch > 0),
-        ("critic", self.critic in ("separate", "shared")),
+        ("critic", self.critic in ("separate", "shared", "none")),
+        ("group_size", self.group_size >= 1),
+        ("group_scale", self.group_scale in ("group", "batch", "none")),
+        ("kl_penalty", self.kl_penalty in ("reward", "loss")),
         ("critic_init", self.critic_init in ("reward", "sft")))
     for name, ok in checks:
       if not ok:
         raise ConfigError(f"rl.{name}={getattr(self, name)!r} is out of range")
+    group = self.algorithm in GROUP_ALGORITHMS
+    if group and self.group_size < 2:
+      raise ConfigError(f"rl.algorithm={self.algorithm!r} needs rl.group_size >= 2 (responses "
+                        f"per prompt), got {self.group_size}")
+    if group != (self.critic == "none"):
+      raise ConfigError(f"rl.critic={self.critic!r} with rl.algorithm={self.algorithm!r}: grpo "
+                        "and rloo use critic='none'; ppo and a2c need 'separate' or 'shared'")
+    if self.rollout_batch % self.group_size:
+      raise ConfigError(f"rl.rollout_batch={self.rollout_batch} is not a whole number of groups "
+                        f"of rl.group_size={self.group_size}")
     if self.rollout_batch % self.minibatches:
       raise ConfigError(f"rl.rollout_batch={self.rollout_batch} does not split into "
                         f"rl.minibatches={self.minibatches} equal minibatches")
@@ -76,6 +97,10 @@ class RLConfig:
   def from_dict(cls, d) -> "RLConfig":
     reject_unknown_fields(cls, d, "rl")
     return cls(**dict(d))
+
+  @property
+  def prompts_per_iteration(self) -> int:
+    return self.rollout_batch // self.group_size
 
   @property
   def minibatch_size(self) -> int:

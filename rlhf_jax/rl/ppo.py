@@ -6,7 +6,9 @@ the host launches one program per iteration. Per minibatch:
   policy loss   PPO clipped surrogate (A2C: unclipped), − entropy_coef · entropy,
                 + ptx_coef · next-token loss on an SFT batch (InstructGPT's PPO-ptx)
   value loss    clipped squared error to the GAE returns, on the separate critic (its own
-                optimizer) or, with a shared value head, added to the policy loss × vf_coef.
+                optimizer) or, with a shared value head, added to the policy loss × vf_coef;
+                none without a critic (GRPO, RLOO)
+  KL in loss    with rl.kl_penalty="loss" (GRPO): + β · k3(π, π_ref) per token, masked mean
 On the first minibatch of the first epoch the policy is still the rollout policy, so its
 log-probs of those rows are the "old" ones exactly: they are taken from that forward pass
 (stop-gradient) rather than from the scoring pass, which makes the ratio exactly 1 there and
@@ -23,13 +25,14 @@ import optax
 
 from rlhf_jax import losses as lm_losses
 from rlhf_jax.models import forward
+from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import losses as rl_losses
 from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.rollout import response_outputs
 from rlhf_jax.rl.advantages import masked_mean
 
-ROLLOUT_KEYS = ("tokens", "attention_mask", "response_mask", "logprobs", "values",
-                "advantages", "returns")
+ROLLOUT_KEYS = ("tokens", "attention_mask", "response_mask", "logprobs", "ref_logprobs",
+                "values", "advantages", "returns")
 
 
 def _ptx_loss(params, model_cfg, heads, batch):
@@ -39,10 +42,11 @@ def _ptx_loss(params, model_cfg, heads, batch):
   return total / jnp.maximum(count, 1.0)
 
 
-def update(policy, critic, rollout, rng, ptx=None, *, cfg: RLConfig, model_cfg, critic_cfg,
-           heads: str, tx_policy, tx_critic):
+def update(policy, critic, rollout, rng, ptx=None, beta=0.0, *, cfg: RLConfig, model_cfg,
+           critic_cfg, heads: str, tx_policy, tx_critic):
   """(policy, critic, metrics). rollout: the ROLLOUT_KEYS of `score_rollout`'s output; ptx:
-  None or {"tokens", "attention_mask", "loss_mask"} each [epochs·minibatches, ptx_batch, T]."""
+  None or {"tokens", "attention_mask", "loss_mask"} each [epochs·minibatches, ptx_batch, T];
+  beta: the KL coefficient, read when rl.kl_penalty="loss"."""
   b, n = rollout["response_mask"].shape
   p = rollout["tokens"].shape[1] - n
   e, m, mb = cfg.epochs, cfg.minibatches, cfg.minibatch_size
@@ -58,6 +62,11 @@ def update(policy, critic, rollout, rng, ptx=None, *, cfg: RLConfig, model_cfg, 
     ent = masked_mean(out["entropy"], mask)
     loss = pg - cfg.entropy_coef * ent
     met["entropy"] = ent
+    if cfg.kl_penalty == "loss":
+      kl_tok = kl_lib.kl_per_token(out["logprobs"], rows["ref_logprobs"], "k3")
+      kl = masked_mean(kl_tok, mask)
+      loss = loss + beta * kl
+      met["kl_loss"] = kl
     if shared:
       old_v = jnp.where(first, jax.lax.stop_gradient(out["values"]), rows["values"])
       vl, vmet = rl_losses.value_loss(out["values"], old_v, rows["returns"], mask,
@@ -89,7 +98,7 @@ def update(policy, critic, rollout, rng, ptx=None, *, cfg: RLConfig, model_cfg, 
     policy = policy.replace(step=policy.step + 1, params=optax.apply_updates(policy.params,
                                                                              updates),
                             opt_state=opt_state)
-    if not shared:
+    if cfg.critic == "separate":
       (_, vmet), vgrads = jax.value_and_grad(critic_objective, has_aux=True)(
           critic.params, rows, first)
       vupdates, vopt = tx_critic.update(vgrads, critic.opt_state, critic.params)

@@ -9,10 +9,13 @@ per-token quantity of the response (log-probs, entropy, values) reads columns P�
   logprobs     of the sampled tokens under the rollout policy (teacher-forced, at the sampling
                temperature: the "old" log-probs of PPO's ratio),
   ref_logprobs under the frozen reference (same temperature),
-  values       from the critic (a separate score model, or the policy's own value head),
+  values       from the critic (a separate score model, or the policy's own value head; zeros
+               without a critic),
   score        the reward models' combined, normalised score at the last response token, or
                rl.missing_eos_score for responses that never emitted EOS,
-and from them the per-token rewards, GAE advantages (whitened) and returns.
+and from them the per-token rewards and the advantages: GAE (whitened) and returns with a
+critic; with GRPO / RLOO the group-relative advantage of each response's reward (the RM score,
+minus β·KL when rl.kl_penalty="reward"), on every token of the response.
 Not for: sampling (`rlhf_jax.sampling`) or the update (`rlhf_jax.rl.ppo`).
 """
 
@@ -25,6 +28,7 @@ from rlhf_jax.models import forward, lm_logits
 from rlhf_jax.reward import combine
 from rlhf_jax.reward.model import raw_rewards
 from rlhf_jax.rl import advantages as adv_lib
+from rlhf_jax.rl import group_advantages as group_lib
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl.config import RLConfig
 
@@ -69,6 +73,8 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
   ref = response_outputs(model_cfg, ref_params, tokens_BxL, mask_BxL, p, cfg.temperature)
   if cfg.critic == "shared":
     values = pol["values"]
+  elif cfg.critic == "none":
+    values = jnp.zeros_like(pol["logprobs"])
   else:
     values = response_outputs(critic_cfg, critic_params, tokens_BxL, mask_BxL, p,
                               cfg.temperature, heads="score")["values"]
@@ -86,8 +92,16 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
     score = jnp.where(has_eos, score, cfg.missing_eos_score)
 
   kl_tok = jnp.where(resp_mask, kl_lib.kl_per_token(logp, ref_logp, cfg.kl_estimator), 0.0)
-  rewards = adv_lib.token_rewards(score, kl_tok, resp_mask, beta)
-  advantages, returns = adv_lib.gae(rewards, values, resp_mask, cfg.gamma, cfg.lam)
+  beta_reward = beta if cfg.kl_penalty == "reward" else jnp.zeros_like(beta)
+  rewards = adv_lib.token_rewards(score, kl_tok, resp_mask, beta_reward)
+  if cfg.algorithm in ("grpo", "rloo"):
+    seq = jnp.sum(rewards, axis=1).reshape(-1, cfg.group_size)  # [P, G], prompt-major rows
+    a = (group_lib.grpo_advantages(seq, cfg.group_scale) if cfg.algorithm == "grpo"
+         else group_lib.rloo_advantages(seq))
+    advantages = group_lib.per_token(a.reshape(-1), resp_mask)
+    returns = advantages  # no critic reads them
+  else:
+    advantages, returns = adv_lib.gae(rewards, values, resp_mask, cfg.gamma, cfg.lam)
   if cfg.whiten_advantages:
     advantages = adv_lib.whiten(advantages, resp_mask)
   k1 = jnp.where(resp_mask, logp - ref_logp, 0.0)

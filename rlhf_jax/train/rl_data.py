@@ -44,12 +44,18 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, 7, epoch]).permutation(n)
 
 
+def builtin_prompts(n: int, split: str, seed: int) -> list[list[int]]:
+  """The built-in task's RL prompts of `split` ("train" or "eval") for run seed `seed`: every
+  stage that evaluates on held-out prompts gets the same ones."""
+  return [p.ids for p in builtin_task.prompts(n, split, seed + 303)]
+
+
 def build(config, tokenizer) -> RLData:
   d = config.data
   width = d.max_prompt_len
   if d.source == "builtin":
-    train = [p.ids for p in builtin_task.prompts(d.builtin_train, "train", config.seed + 303)]
-    evals = [p.ids for p in builtin_task.prompts(d.builtin_eval, "eval", config.seed + 303)]
+    train = builtin_prompts(d.builtin_train, "train", config.seed)
+    evals = builtin_prompts(d.builtin_eval, "eval", config.seed)
     gold = builtin_task.gold_scores
     where = "built-in RL prompts"
   else:

@@ -1,4 +1,4 @@
-"""The RL fine-tuning stage: PPO (or A2C) of the SFT policy against the reward model(s), with a
+"""The RL fine-tuning stage: PPO, A2C, GRPO or RLOO of the SFT policy against the reward model(s), with a
 KL penalty to the frozen SFT reference.
 
 `run(config, workdir)` first runs the pipeline's upstream stages that have not finished
@@ -32,10 +32,10 @@ import numpy as np
 from rlhf_jax import checkpoint, metrics, parallel, sampling
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError, DataError
-from rlhf_jax.reward.model import load_reward_models
+from rlhf_jax.reward.model import check_tokenizers, load_reward_models
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import ppo
-from rlhf_jax.rl.config import RLConfig
+from rlhf_jax.rl.config import ALGORITHMS, RLConfig
 from rlhf_jax.rl.losses import explained_variance
 from rlhf_jax.rl.compiled import compile_rl
 from rlhf_jax.train import model_init, pipeline, rl_data, rl_state
@@ -46,15 +46,10 @@ SUMMARY_FILE = "summary.json"
 PLOT_FILE = "rl_curves.png"
 
 
-def _same_tokenizer(a: str, b: str) -> bool:
-  norm = lambda s: os.path.abspath(s) if s and os.path.isdir(s) else s  # noqa: E731
-  return not a or not b or norm(a) == norm(b)
-
-
 def run(config, workdir: str) -> dict:
   stage = config.stage
-  if stage not in ("ppo", "a2c"):
-    raise ConfigError(f"stage={stage!r}: the RL loop runs 'ppo' or 'a2c'")
+  if stage not in ALGORITHMS:
+    raise ConfigError(f"stage={stage!r}: the RL loop runs one of {ALGORITHMS}")
   cfg = RLConfig.from_dict(config.rl)
   if cfg.algorithm != stage:
     raise ConfigError(f"stage={stage!r} but rl.algorithm={cfg.algorithm!r}; make them agree")
@@ -87,11 +82,7 @@ def run(config, workdir: str) -> dict:
                       f"rl.max_new_tokens={cfg.max_new_tokens} exceeds the model's "
                       f"max_seq_len={model_cfg.max_seq_len}")
   reward_models, rule = load_reward_models(config.reward, config)
-  for rm in reward_models:
-    if not _same_tokenizer(rm.tokenizer, tok_spec):
-      raise ConfigError(f"reward model {rm.name!r} ({rm.workdir}) was trained with tokenizer "
-                        f"{rm.tokenizer!r} but the policy uses {tok_spec!r}; RL feeds the "
-                        "policy's tokens to the reward model, so they must match")
+  check_tokenizers(reward_models, tok_spec)
   rm_params = [rm.params for rm in reward_models]
 
   heads = "lm+score" if cfg.critic == "shared" else "lm"
@@ -237,7 +228,9 @@ def run(config, workdir: str) -> dict:
   zeros_rng = lambda: jnp.zeros((2,), jnp.uint32)  # noqa: E731
   while it < stop:
     rng, k_sample, k_update = jax.random.split(state.rng, 3)
-    prompts = data.prompts_for(it, cfg.rollout_batch, config.seed)
+    # group_size responses per prompt (GRPO, RLOO): each prompt repeated, prompt-major rows.
+    prompts = [p for p in data.prompts_for(it, cfg.prompts_per_iteration, config.seed)
+               for _ in range(cfg.group_size)]
     p_tok, p_mask, resp, rmask, ro, (t_gen, t_score) = sample_and_score(state, prompts,
                                                                         k_sample)
     gold = gold_of(p_tok, p_mask, resp, rmask)
@@ -250,7 +243,8 @@ def run(config, workdir: str) -> dict:
                         opt_state=state.opt_state, rng=zeros_rng())
     explained = explained_variance(ro["values"], ro["returns"], ro["response_mask"])
     policy, critic, umet = fns.update(policy, state.critic,
-                                      {k: ro[k] for k in ppo.ROLLOUT_KEYS}, k_update, ptx_batch)
+                                      {k: ro[k] for k in ppo.ROLLOUT_KEYS}, k_update, ptx_batch,
+                                      state.kl_coef)
     jax.block_until_ready(umet)
     t_update = time.perf_counter() - t0
     vals, h = rollout_stats("", ro, gold, rmask)

@@ -1,0 +1,35 @@
+"""Best-of-n from one policy against the reward model(s): the no-training baseline of RLHF, and
+the data of rejection-sampling fine-tuning.
+
+  python -m rlhf_jax.main --config=configs/best_of_n.py     # the pipeline's SFT policy and RM
+  python -m rlhf_jax.main --config=configs/best_of_n.py --config.init.from_workdir=runs/ppo
+
+Writes `best_of_n.json` (RM and gold score and the analytic KL for each n) and `best_of_n.jsonl`
+(the best response per prompt at the largest n) to the workdir.
+"""
+
+import ml_collections as mc
+
+from rlhf_jax import config_base
+from rlhf_jax.reward.combine import rewards_section
+
+
+def get_config(arg=None):
+  preset, _ = config_base.parse_arg(arg)
+  if preset:
+    raise ValueError(f"configs/best_of_n.py: no presets (got {preset!r})")
+  c = config_base.base_config("best_of_n")
+  c.init.from_workdir = "runs/pipeline/sft"  # the policy sampled (configs/ppo.py's SFT)
+  c.reward = rewards_section()
+  c.reward.models = "runs/pipeline/reward"
+  c.data.max_prompt_len = 24  # prompts are left-padded to this width, as in RL
+  c.data.builtin_eval = 256  # the held-out prompts of the RL evaluations
+  c.best_of_n = mc.ConfigDict({
+      "ns": "1,4,16",  # the n of each best-of-n; max(ns) samples are drawn per prompt
+      "num_prompts": 0,  # held-out prompts used; 0 = all
+      "prompts_per_call": 16,  # prompts sampled per compiled call (x max(ns) rows)
+      "max_new_tokens": 40,  # as the RL stage's rl.max_new_tokens
+      "temperature": 1.0,  # as the RL stage's rollouts and held-out evaluations
+  })
+  c.workdir = "runs/best_of_n"
+  return c

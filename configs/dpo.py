@@ -1,0 +1,47 @@
+"""DPO (or IPO) on the reward model's comparison data: no reward model, no sampling during
+training; the SFT policy is the start and the frozen reference.
+
+  python -m rlhf_jax.main --config=configs/dpo.py     # after (or running) the PPO pipeline
+  python -m rlhf_jax.main --config=configs/dpo.py --config.dpo.loss=ipo --workdir=runs/ipo
+  python -m rlhf_jax.main --config=configs/dpo.py --config.data.source=/data/prefs.jsonl \
+      --config.data.format=pairs --config.data.eval_split=""      # your own comparisons
+
+With `data.source="pipeline"` (the default) the comparisons are the ones the pipeline's reward
+stage wrote (`<pipeline.reward.workdir>/comparisons_{train,eval}.jsonl`: SFT samples ranked by
+the simulated labelers), so DPO and the reward model learn from the same labels. The upstream
+stages run first unless finished, as for configs/ppo.py.
+"""
+
+import ml_collections as mc
+
+from rlhf_jax import config_base
+
+
+def get_config(arg=None):
+  c = config_base.sibling(__file__, "ppo", arg)  # the pipeline, model, init and mesh of RL
+  rm = config_base.sibling(__file__, "reward")
+  c.stage = "dpo"
+  del c["rl"], c["reward"], c["critic_optim"]
+  c.data = rm.data  # the comparison data fields of the reward model
+  # "pipeline": the pipeline reward stage's comparison files; or a file, folder or hub name.
+  c.data.source = "pipeline"
+  c.data.format = "ranked"
+  c.dpo = mc.ConfigDict({
+      "beta": 0.1,  # strength of the implicit KL constraint (IPO: its tau)
+      "loss": "dpo",  # "dpo" (sigmoid) or "ipo" (squared)
+      "label_smoothing": 0.0,  # dpo: the probability that a label is flipped
+  })
+  c.eval_policy = mc.ConfigDict({  # the built-in task: gold and KL on held-out RL prompts
+      "prompts": 256,  # 0 = skip; the RL stage's held-out prompts (data.builtin_eval)
+      "max_prompt_len": 24,  # as the RL config's data.max_prompt_len
+      "max_new_tokens": 40,  # as rl.max_new_tokens
+      "temperature": 1.0,  # as rl.temperature
+      "batch_size": 64,  # prompts per compiled sampling call
+  })
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_steps = 20
+  c.optim.final_lr_fraction = 1.0
+  c.train.update(steps=400, batch_size=16, log_every=50, eval_every=100, checkpoint_every=200,
+                 eval_batches=0, num_samples=0)
+  c.workdir = "runs/dpo"
+  return c

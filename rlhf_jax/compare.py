@@ -1,0 +1,123 @@
+"""Every alignment method on the built-in task, one table: gold score and KL to the SFT policy.
+
+  python -m rlhf_jax.compare                      # runs what is not finished, then the table
+  python -m rlhf_jax.compare --only=ppo,grpo --set=rl.iterations=60
+
+Runs `configs/{ppo,a2c,grpo,rloo,dpo,best_of_n}.py` in turn through `rlhf_jax.stages.run` (each
+skips or resumes what its workdir already holds, and the first runs the shared pipeline:
+pretraining, SFT, reward model), then reads what each wrote (`summary.json`, `eval_policy.json`,
+`best_of_n.json`) and prints one table on the same 256 held-out prompts at temperature 1: the
+mean gold score, the KL to the SFT policy in nats per response, and the samples each method
+drew. Writes it to `runs/compare.json` as well.
+Not for: anything but the built-in task (the gold score exists only there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+METHODS = ("ppo", "a2c", "grpo", "rloo", "dpo", "best_of_n")
+
+
+def _load(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_all(repo: str, only, overrides) -> dict:
+  from rlhf_jax import config_base, smoke, stages  # pylint: disable=g-import-not-at-top
+  configs = {}
+  for m in only:
+    c = config_base.from_file(os.path.join(repo, "configs", f"{m}.py"))
+    shared = {k: v for k, v in overrides.items() if k.startswith(("pipeline.", "seed"))}
+    own = {k[len(m) + 1:]: v for k, v in overrides.items() if k.startswith(m + ".")}
+    smoke.apply(c, {**shared, **own})
+    print(f"\n===== {m}: {c.workdir}", flush=True)
+    stages.run(c, c.workdir)
+    configs[m] = c
+  return configs
+
+
+def collect(configs: dict) -> list[dict]:
+  """Rows of the table, from the files each method wrote."""
+  rows = []
+  if "ppo" in configs:
+    sft = _load(os.path.join(configs["ppo"].workdir, "eval_sft.json"))
+    rows.append({"method": "SFT (reference)", "gold": sft["eval_gold"], "kl": 0.0,
+                 "samples": "0 (the starting policy)"})
+  if "best_of_n" in configs:
+    res = _load(os.path.join(configs["best_of_n"].workdir, "best_of_n.json"))
+    for n, r in res.items():
+      if n != "1":
+        rows.append({"method": f"best-of-{n}", "gold": r["gold"], "kl": r["kl"],
+                     "samples": f"{n} per prompt at inference (KL exact)"})
+  for m in ("ppo", "a2c", "grpo", "rloo"):
+    if m in configs:
+      s = _load(os.path.join(configs[m].workdir, "summary.json"))
+      rl = configs[m].rl
+      per = (f"{rl.rollout_batch // rl.group_size} prompts x {rl.group_size}"
+             if rl.group_size > 1 else f"{rl.rollout_batch} prompts")
+      rows.append({"method": m.upper(), "gold": s["final"]["eval_gold"],
+                   "kl": s["final"]["eval_kl"],
+                   "samples": f"{s['samples']:,} ({s['iteration']} iterations x {per})"})
+  if "dpo" in configs:
+    c = configs["dpo"]
+    pe = _load(os.path.join(c.workdir, "eval_policy.json"))["DPO"]
+    rows.append({"method": f"DPO ({c.dpo.loss}, beta {c.dpo.beta})", "gold": pe["gold"],
+                 "kl": pe["kl"],
+                 "samples": f"0 new; {c.train.steps} steps x {c.train.batch_size} of the RM's "
+                            "ranked SFT samples"})
+  return rows
+
+
+def format_table(rows: list[dict]) -> str:
+  lines = [f"{'method':<24}{'gold':>8}{'KL (nats)':>11}  samples drawn by the method",
+           "-" * 100]
+  for r in rows:
+    lines.append(f"{r['method']:<24}{r['gold']:>8.3f}{r['kl']:>11.2f}  {r['samples']}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m rlhf_jax.compare", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--only", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="a config override: pipeline.* and seed apply to every method, "
+                      "<method>.<key> to one (e.g. grpo.rl.iterations=60)")
+  p.add_argument("--out", default="runs/compare.json")
+  args = p.parse_args(argv)
+  only = [m.strip() for m in args.only.split(",") if m.strip()]
+  bad = [m for m in only if m not in METHODS]
+  if bad:
+    p.error(f"--only: {bad} not in {METHODS}")
+  overrides = {}
+  for kv in args.set:
+    if "=" not in kv:
+      p.error(f"--set {kv!r}: expected KEY=VALUE")
+    k, v = kv.split("=", 1)
+    overrides[k.strip()] = json.loads(v) if _is_json(v) else v  # numbers, booleans; else text
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  configs = run_all(repo, only, overrides)
+  rows = collect(configs)
+  table = format_table(rows)
+  print("\n" + table)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w", encoding="utf-8") as f:
+    json.dump(rows, f, indent=1)
+  return 0
+
+
+def _is_json(v: str) -> bool:
+  try:
+    json.loads(v)
+    return True
+  except ValueError:
+    return False
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Direct preference optimisation: the policy learns from comparisons without a reward model."""

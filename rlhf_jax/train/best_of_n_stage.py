@@ -1,0 +1,139 @@
+"""Best-of-n: sample n responses per prompt, keep the one the reward model scores highest.
+
+The classic baseline of RLHF evaluations: it needs no training, its KL to the sampling policy
+is known in closed form, KL(best-of-n ‖ π) = log n − (n − 1)/n (Stiennon et al. 2020), and it
+shows how far the reward model alone can lift the true objective at that KL. `run` samples
+max(ns) responses for each held-out prompt from one policy (the SFT workdir by default), scores
+them with the reward model(s) exactly as the RL stage does, and for each n in `best_of_n.ns`
+keeps the best of the first n samples of every prompt. It reports the mean RM score, the mean
+gold score on the built-in task and the analytic KL, prints a table, and writes
+`best_of_n.json` and `best_of_n.jsonl` (the best response of each prompt at the largest n, as
+prompt/response records: the data of rejection-sampling fine-tuning, Llama 2's "RS" step, via
+`configs/sft.py --config.data.source=<that file>`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+
+from rlhf_jax import parallel, sampling
+from rlhf_jax.data import lm_data
+from rlhf_jax.errors import ConfigError
+from rlhf_jax.reward import model as rm_model
+from rlhf_jax.rl.rollout import sequence_scores
+from rlhf_jax.train import model_init, rl_data
+
+RESULT_FILE = "best_of_n.json"
+SAMPLES_FILE = "best_of_n.jsonl"
+
+
+def kl_best_of_n(n: int) -> float:
+  """Nats: the KL of the best-of-n policy to the policy it samples from."""
+  return math.log(n) - (n - 1) / n
+
+
+def parse_ns(text) -> list[int]:
+  try:
+    ns = sorted({int(x) for x in str(text).split(",") if x.strip()})
+  except ValueError:
+    raise ConfigError(f"best_of_n.ns={text!r}: expected integers separated by commas") from None
+  if not ns or ns[0] < 1:
+    raise ConfigError(f"best_of_n.ns={text!r}: expected positive integers")
+  return ns
+
+
+def pick(rm_scores_PxN: np.ndarray, n: int) -> np.ndarray:
+  """int[P]: for each prompt, the index of the highest-scored of its first n samples."""
+  return np.argmax(rm_scores_PxN[:, :n], axis=1)
+
+
+def run(config, workdir: str) -> dict:
+  if config.stage != "best_of_n":
+    raise ConfigError(f"stage={config.stage!r}: this loop runs 'best_of_n'")
+  if not (config.init.from_workdir or config.init.hf_checkpoint):
+    raise ConfigError("best_of_n: set init.from_workdir (the policy to sample) or "
+                      "init.hf_checkpoint")
+  b = config.best_of_n
+  ns = parse_ns(b.ns)
+  n_max = ns[-1]
+  tokenizer = lm_data.load_tokenizer(config)
+  model_cfg, params = model_init.build(config, tokenizer, heads="lm")
+  mesh = parallel.make_mesh(dict(config.mesh))
+  rules = parallel.rules_from_config(config.sharding_rules)
+  models, rule = rm_model.load_reward_models(config.reward, config)
+  rm_model.check_tokenizers(models, config.data.tokenizer or config.init.hf_checkpoint)
+  data = rl_data.build(config, tokenizer)
+  prompts = data.eval_prompts[:b.num_prompts or None]
+  rows = b.prompts_per_call * n_max
+  if rows % parallel.batch_divisor(mesh, rules):
+    raise ConfigError(f"best_of_n.prompts_per_call={b.prompts_per_call} x {n_max} samples does "
+                      f"not divide over the mesh's batch axes ({dict(mesh.shape)})")
+  width = config.data.max_prompt_len
+  if width + b.max_new_tokens > model_cfg.max_seq_len:
+    raise ConfigError(f"data.max_prompt_len={width} + best_of_n.max_new_tokens="
+                      f"{b.max_new_tokens} exceeds the model's max_seq_len="
+                      f"{model_cfg.max_seq_len}")
+  scfg = sampling.SamplingConfig(max_new_tokens=b.max_new_tokens, temperature=b.temperature)
+  rm_params = [m.params for m in models]
+  score = jax.jit(lambda ps, t, m: sequence_scores(models, rule, ps, t, m)[0])
+
+  rm_all, gold_all, texts = [], [], []
+  with jax.set_mesh(mesh):
+    for start in range(0, len(prompts), b.prompts_per_call):
+      part = prompts[start:start + b.prompts_per_call]
+      padded = part + [part[-1]] * (b.prompts_per_call - len(part))
+      batch = [p for p in padded for _ in range(n_max)]  # prompt-major: row = prompt·n + k
+      tok, mask = sampling.left_pad(batch, tokenizer.pad_id, width)
+      dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
+      out = sampling.generate(params, dev["t"], dev["m"],
+                              jax.random.PRNGKey(config.seed + start), model_cfg=model_cfg,
+                              cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+      full_t = jax.numpy.concatenate([dev["t"], out["tokens"]], axis=1)
+      full_m = jax.numpy.concatenate([dev["m"], out["mask"]], axis=1)
+      rm = parallel.to_host(score(rm_params, full_t, full_m))
+      resp, rmask = parallel.to_host(out["tokens"]), parallel.to_host(out["mask"])
+      k = len(part) * n_max
+      rm_all.append(rm[:k].reshape(-1, n_max))
+      if data.gold_fn is not None:
+        g = data.gold_fn(np.where(mask, tok, tokenizer.pad_id),
+                         np.where(rmask, resp, tokenizer.pad_id))
+        gold_all.append(np.asarray(g)[:k].reshape(-1, n_max))
+      texts += [tokenizer.decode([int(t) for t, m in zip(resp[i], rmask[i]) if m])
+                for i in range(k)]
+  rm_pn = np.concatenate(rm_all)
+  gold_pn = np.concatenate(gold_all) if gold_all else None
+  results = {}
+  for n in ns:
+    idx = pick(rm_pn, n)
+    rows_ = np.arange(len(idx))
+    r = {"n": n, "kl": kl_best_of_n(n), "rm_score": float(rm_pn[rows_, idx].mean()),
+         "prompts": int(len(idx))}
+    if gold_pn is not None:
+      g = gold_pn[rows_, idx]
+      r.update(gold=float(g.mean()), gold_std=float(g.std()))
+    results[str(n)] = r
+  best = pick(rm_pn, n_max)
+  lines = [f"[best_of_n] {len(prompts)} held-out prompts, {n_max} samples each at temperature "
+           f"{b.temperature}, from {config.init.from_workdir or config.init.hf_checkpoint}:",
+           f"  {'n':>4} {'KL (nats)':>10} {'RM score':>10}" + (f" {'gold':>8}"
+                                                           if gold_pn is not None else "")]
+  for r in results.values():
+    lines.append(f"  {r['n']:>4} {r['kl']:>10.3f} {r['rm_score']:>10.3f}" +
+                 (f" {r['gold']:>8.3f}" if "gold" in r else ""))
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, RESULT_FILE), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+    with open(os.path.join(workdir, SAMPLES_FILE), "w", encoding="utf-8") as f:
+      for i, p in enumerate(prompts):
+        f.write(json.dumps({"prompt": tokenizer.decode(p),
+                            "response": texts[i * n_max + int(best[i])],
+                            "rm_score": float(rm_pn[i, best[i]])}) + "\n")
+    for line in lines:
+      print(line, flush=True)
+  return {"results": results}

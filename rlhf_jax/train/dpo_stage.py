@@ -1,0 +1,218 @@
+"""The DPO stage: the policy learns from the reward model's comparison data directly, against
+the frozen starting policy as the reference (Rafailov et al. 2023; IPO as a loss option).
+
+`run(config, workdir)` reads comparisons exactly as the reward-model stage does (files, hub, or
+the comparisons the pipeline's reward stage wrote: `configs/dpo.py` points at them), starts the
+policy and the reference from `init.from_workdir` (the SFT model), and trains with the shared
+loop (resume, checkpoints, metrics). Every eval reports, on the held-out comparisons, the
+implicit reward β·(log π − log π_ref) of each response: how often the preferred one scores
+higher, the mean margin, and the mean log-ratios (a KL-like drift). At the end, on the built-in
+task, the policy and the reference answer the RL stage's held-out prompts: gold score, KL to the
+reference (summed k1, as the RL stage reports it), length and EOS rate, in
+`eval_policy.json`. The reference's log-probs are computed inside each step from its frozen
+params (one extra forward, no gradient).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import checkpoint, metrics, parallel, sampling
+from rlhf_jax.data import builtin_task
+from rlhf_jax.data import comparisons as cmp
+from rlhf_jax.data import lm_data
+from rlhf_jax.dpo import steps as dpo_steps
+from rlhf_jax.errors import ConfigError
+from rlhf_jax.rl.rollout import response_outputs
+from rlhf_jax.train import jit_steps, model_init, pipeline, rl_data, rm_data
+from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
+from rlhf_jax.train.state import param_shardings
+
+POLICY_EVAL_FILE = "eval_policy.json"
+
+
+def run(config, workdir: str) -> dict:
+  if config.stage != "dpo":
+    raise ConfigError(f"stage={config.stage!r}: this loop runs 'dpo'")
+  if not (config.init.from_workdir or config.init.hf_checkpoint):
+    raise ConfigError("DPO starts from a policy: set init.from_workdir (an SFT workdir) or "
+                      "init.hf_checkpoint; it is also the frozen reference")
+  dc = dpo_steps.DPOConfig.from_dict(config.dpo)
+  pipeline.run_upstream(config)
+  config = _resolve_source(config)
+  tc = config.train
+  mesh = parallel.make_mesh(dict(config.mesh))
+  rules = parallel.rules_from_config(config.sharding_rules)
+  parallel.check_batch_size(tc.batch_size, mesh, rules)
+  writer = metrics.MetricWriter(workdir, prefix="dpo")
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
+  latest = ckpt.latest_step()
+  tokenizer = lm_data.load_tokenizer(config)
+  model_cfg, ref_host = model_init.build(config, tokenizer, heads="lm")
+  ref_params = jax.device_put(ref_host, param_shardings(model_cfg, mesh, rules, "lm")[1])
+  data = rm_data.build(config, tokenizer, workdir)
+  source = config.init.hf_checkpoint or config.init.from_workdir
+  writer.text(describe("dpo", model_cfg, mesh, source, data.summary) +
+              f"; {dc.loss} loss, beta {dc.beta}")
+  tx = make_optimizer(config.optim, tc.steps)
+  seq_len = config.data.max_len
+  batches = cmp.ComparisonIterator(data.train, tc.batch_size, data.k, seq_len, tokenizer.pad_id,
+                                   config.seed, jax.process_index(), jax.process_count(),
+                                   response_mask=True)
+  state, shardings = restore_or_create(
+      stage="dpo", ckpt=ckpt, latest=latest, model_cfg=model_cfg, tx=tx, mesh=mesh,
+      rules=rules, seed=config.seed, init_params=ref_host if latest is None else None,
+      batches=batches, writer=writer)
+  del ref_host
+  model_init.write_model_json(workdir, model_cfg, config, heads="lm",
+                              extra={"tokenizer": config.data.tokenizer or
+                                     config.init.hf_checkpoint})
+  batch_sh = {k: parallel.batch_sharding(mesh, rules, n)
+              for k, n in dpo_steps.BATCH_NDIMS.items()}
+  rep = parallel.replicated(mesh)
+  ref_sh = param_shardings(model_cfg, mesh, rules, "lm")[1]
+  train_jit = jax.jit(jit_steps.with_rules(functools.partial(
+      dpo_steps.train_step, model_cfg=model_cfg, tx=tx, dc=dc), rules),
+      in_shardings=(shardings, ref_sh, batch_sh), out_shardings=(shardings, rep),
+      donate_argnums=0)
+  eval_jit = jax.jit(jit_steps.with_rules(functools.partial(
+      dpo_steps.eval_step, model_cfg=model_cfg), rules),
+      in_shardings=(shardings.params, ref_sh, batch_sh), out_shardings=rep)
+  run_train, run_eval = jit_steps.in_mesh(train_jit, mesh), jit_steps.in_mesh(eval_jit, mesh)
+
+  def put(b):
+    return parallel.put_batch(b, mesh, rules)
+
+  eval_comps = data.valid if data.valid else data.eval
+
+  def evaluate(params, step):
+    """Implicit-reward metrics of every held-out comparison, in fixed-shape batches."""
+    bs, logp, ref = tc.batch_size, [], []
+    for s in range(0, len(eval_comps), bs):
+      part = eval_comps[s:s + bs]
+      b = cmp.pad_comparisons(part, data.k, seq_len, tokenizer.pad_id, rows=bs,
+                              response_mask=True)
+      per = bs // jax.process_count()
+      mine = {k: v[jax.process_index() * per:(jax.process_index() + 1) * per]
+              for k, v in b.items()}
+      out = run_eval(params, ref_params, put(mine))
+      logp.append(parallel.to_host(out["logp"])[:len(part)])
+      ref.append(parallel.to_host(out["ref_logp"])[:len(part)])
+    ev = implicit_reward_metrics(np.concatenate(logp), np.concatenate(ref),
+                                 cmp.rank_matrix(eval_comps, data.k), dc.beta)
+    prefix = "valid" if data.valid else "eval"
+    return {f"{prefix}_{k}": v for k, v in ev.items()}
+
+  state, step, history = train_loop(
+      stage="dpo", state=state, train_step=lambda st, b: run_train(st, ref_params, b),
+      batches=batches, put=put, evaluate=evaluate, ckpt=ckpt, tc=tc, writer=writer,
+      flops_per_token=3 * model_cfg.flops_per_token(seq_len),  # policy fwd+bwd, reference fwd
+      peak_flops=metrics.peak_flops(tc.peak_tflops))
+  policy_eval = None
+  if step >= tc.steps and config.data.tokenizer == "builtin" and config.eval_policy.prompts:
+    policy_eval = evaluate_policies(config, model_cfg, tokenizer, mesh, rules,
+                                    {"SFT (reference)": ref_params, "DPO": state.params})
+    for line in format_policy_table(policy_eval):
+      writer.text(line)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, POLICY_EVAL_FILE), "w", encoding="utf-8") as f:
+        json.dump(policy_eval, f, indent=1)
+  writer.close()
+  return {"step": step, "history": history, "state": state, "policy_eval": policy_eval}
+
+
+def _resolve_source(config):
+  """data.source="pipeline" -> the comparison files the pipeline's reward stage wrote."""
+  if config.data.source != "pipeline":
+    return config
+  if "pipeline" not in config:
+    raise ConfigError("data.source='pipeline' needs a `pipeline` section with a reward stage")
+  rw = config.pipeline.reward.workdir
+  files = [os.path.join(rw, f"comparisons_{s}.jsonl") for s in ("train", "eval")]
+  for f in files:
+    if not os.path.exists(f):
+      raise ConfigError(f"data.source='pipeline': {f} is missing; the pipeline's reward stage "
+                        "writes it (run it, or set data.source to your comparisons)")
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.source, config.data.eval_split = files
+  return config
+
+
+def implicit_reward_metrics(logp_NxK, ref_NxK, ranks_NxK, beta: float) -> dict:
+  """Host metrics over every ordered pair: accuracy and margin of the implicit rewards, and
+  the mean log-ratio of the preferred and the other responses."""
+  r = beta * (logp_NxK - ref_NxK)
+  rk = ranks_NxK
+  present = rk >= 0
+  better = (rk[:, :, None] < rk[:, None, :]) & present[:, :, None] & present[:, None, :]
+  n, i, j = np.nonzero(better)
+  if not len(n):
+    return {"pairs": 0}
+  ratio = logp_NxK - ref_NxK
+  return {"pairs": int(len(n)), "reward_accuracy": float(np.mean(r[n, i] > r[n, j])),
+          "reward_margin": float(np.mean(r[n, i] - r[n, j])),
+          "logratio_chosen": float(np.mean(ratio[n, i])),
+          "logratio_rejected": float(np.mean(ratio[n, j]))}
+
+
+def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict) -> dict:
+  """{name: {"gold", "gold_std", "kl", "length", "eos_rate", "prompts"}} of each policy on the
+  built-in task's held-out RL prompts; the KL is to the first policy (the reference), summed k1
+  over the response at the sampling temperature, as the RL stage reports it."""
+  e = config.eval_policy
+  prompts = rl_data.builtin_prompts(e.prompts, "eval", config.seed)
+  ref = next(iter(policies.values()))
+  scfg = sampling.SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature)
+
+  def logps(params, tokens, mask, width):
+    return response_outputs(model_cfg, params, tokens, mask, width, e.temperature)["logprobs"]
+
+  logps_jit = jax.jit(logps, static_argnums=3)
+  out = {}
+  with jax.set_mesh(mesh):
+    for name, params in policies.items():
+      gold, kl, length, eos = [], [], [], []
+      for s in range(0, len(prompts), e.batch_size):
+        part = prompts[s:s + e.batch_size]
+        padded = part + [part[-1]] * (e.batch_size - len(part))
+        tok, mask = sampling.left_pad(padded, tokenizer.pad_id, e.max_prompt_len)
+        dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
+        gen = sampling.generate(params, dev["t"], dev["m"],
+                                jax.random.PRNGKey(config.seed + 2024 + s), model_cfg=model_cfg,
+                                cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+        full_t = jnp.concatenate([dev["t"], gen["tokens"]], axis=1)
+        full_m = jnp.concatenate([dev["m"], gen["mask"]], axis=1)
+        lp = parallel.to_host(logps_jit(params, full_t, full_m, tok.shape[1]))
+        rp = parallel.to_host(logps_jit(ref, full_t, full_m, tok.shape[1]))
+        resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
+        n = len(part)
+        g = builtin_task.gold_scores(np.where(mask, tok, tokenizer.pad_id),
+                                     np.where(rmask, resp, tokenizer.pad_id))
+        gold.append(np.asarray(g)[:n])
+        kl.append(np.where(rmask, lp - rp, 0.0).sum(axis=1)[:n])
+        length.append(rmask.sum(axis=1)[:n])
+        eos.append(np.any(rmask & (resp == tokenizer.eos_id), axis=1)[:n])
+      g = np.concatenate(gold)
+      out[name] = {"gold": float(g.mean()), "gold_std": float(g.std()),
+                   "kl": float(np.concatenate(kl).mean()),
+                   "length": float(np.concatenate(length).mean()),
+                   "eos_rate": float(np.concatenate(eos).mean()), "prompts": len(g)}
+  return out
+
+
+def format_policy_table(res: dict) -> list[str]:
+  names = list(res)
+  lines = [f"[dpo] held-out prompts ({res[names[0]]['prompts']}):",
+           f"  {'':<30}" + "".join(f"{n:>20}" for n in names)]
+  for label, key in (("gold score (mean)", "gold"), ("gold score (std)", "gold_std"),
+                     ("KL to the reference (nats)", "kl"), ("response length", "length"),
+                     ("EOS rate", "eos_rate")):
+    lines.append(f"  {label:<30}" + "".join(f"{res[n][key]:>20.3f}" for n in names))
+  return lines
