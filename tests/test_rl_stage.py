@@ -337,3 +337,35 @@ def test_dpo_on_the_pipelines_comparisons(upstream, tmp_path, loss):
   assert os.path.exists(tmp_path / "eval_policy.json")
   # The workdir reads like an SFT one: the sample stage can load it.
   assert json.load(open(tmp_path / "model.json"))["heads"] == "lm"
+
+
+def test_iterative_online_rlhf_two_rounds(upstream, tmp_path):
+  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
+  c = config_base.from_file(os.path.join(REPO, "configs", "iterative.py"))
+  smoke.apply(c, {**smoke.PIPELINE, **smoke.workdirs(upstream)})
+  c.iterative.update(rounds=2, rl_iterations=2, prompts_per_round=16, eval_prompts_per_round=8,
+                     rm_steps=3, sample_batch=8)
+  c.data.builtin_eval = 16
+  out = stages.run(c, str(tmp_path))
+  systems = {r["system"] for r in out["ratings"]}
+  assert systems == {"SFT", "round 0", "round 1"}
+  assert all(r["games"] == 2 * 16 for r in out["ratings"])  # 2 opponents x 16 prompts
+  # Round 1's reward model reads both rounds' training comparisons (24 pipeline + 16 new) and
+  # is held out on round 1's samples of the current policy; RL continued to iteration 4.
+  lines = {r: sum(1 for _ in open(tmp_path / "comparisons" / "train" / f"round_{r}.jsonl"))
+           for r in (0, 1)}
+  assert lines == {0: 24, 1: 16}
+  rm1 = config_base.from_file(os.path.join(REPO, "configs", "reward.py"))
+  smoke.apply(rm1, {"data.source": str(tmp_path / "comparisons" / "train"), "data.format":
+                    "ranked", "data.eval_split": str(tmp_path / "comparisons" / "eval" /
+                                                     "round_1.jsonl")})
+  from rlhf_jax.data.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import rm_data  # pylint: disable=g-import-not-at-top
+  data = rm_data.build(rm1, load_tokenizer("builtin"), str(tmp_path / "unused"))
+  assert len(data.train) <= 40 and len(data.train) > 24
+  with open(tmp_path / "rm_1" / "eval_report.json", encoding="utf-8") as f:
+    assert json.load(f)["pairs"] == len(data.eval) <= 8
+  rl_rows = _log(str(tmp_path / "rl"), "ppo")
+  assert max(r["step"] for r in rl_rows) == 4
+  assert os.path.exists(tmp_path / "comparisons" / "train" / "round_1.jsonl")
+  assert os.path.exists(tmp_path / "elo.json")

@@ -154,8 +154,9 @@ def _sample_and_label(config, tokenizer, split: str, n: int, path: str) -> None:
   if max_new < 4:
     raise ConfigError(f"data.max_len={d.max_len} leaves no room for responses after the "
                       "built-in prompts")
-  print(f"[reward] sampling {d.num_responses} responses to {n} {split} prompts from the SFT "
-        "policy and ranking them with simulated labelers ...", flush=True)
+  print(f"[reward] sampling {d.num_responses} responses to {n} {split} prompts from the policy "
+        f"in {d.policy_workdir or config.init.from_workdir} and ranking them with simulated "
+        "labelers ...", flush=True)
   seed = config.seed + (0 if split == "train" else 10_000_000)
   responses = sample_responses(params, model_cfg, ids, d.num_responses, max_new,
                                d.sample_temperature, seed, tokenizer)
