@@ -28,13 +28,13 @@ def _load(path: str) -> dict:
 
 
 def run_all(repo: str, only, overrides) -> dict:
-  from rlhf_jax import config_base, smoke, stages  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import config_base, stages  # pylint: disable=g-import-not-at-top
   configs = {}
   for m in only:
     c = config_base.from_file(os.path.join(repo, "configs", f"{m}.py"))
     shared = {k: v for k, v in overrides.items() if k.startswith(("pipeline.", "seed"))}
     own = {k[len(m) + 1:]: v for k, v in overrides.items() if k.startswith(m + ".")}
-    smoke.apply(c, {**shared, **own})
+    config_base.apply_overrides(c, {**shared, **own})
     print(f"\n===== {m}: {c.workdir}", flush=True)
     stages.run(c, c.workdir)
     configs[m] = c

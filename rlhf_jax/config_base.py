@@ -153,6 +153,20 @@ def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
   return preset, kv
 
 
+def apply_overrides(config, overrides):
+  """Sets each dotted key of `overrides` ({"train.steps": 10, ...}) on `config` (FieldReferences
+  follow) and returns it; a key the config lacks is a KeyError naming it."""
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = config
+    for p in path:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"{key}: no such config field")
+    node[leaf] = value
+  return config
+
+
 def from_file(spec: str):
   """The config of `path/to/config.py[:arg]`, as `--config=` would build it (for notebooks and
   scripts that call `rlhf_jax.stages.run(config, workdir)` themselves)."""

@@ -2,9 +2,9 @@
 test's command lines and the notebooks' CI runs use instead of the real sizes.
 
 `PIPELINE` maps dotted config keys of `configs/ppo.py` (or `configs/a2c.py`) to values: one-layer
-32-wide models, a few steps per upstream stage, 3 RL iterations of 16 prompts. `apply(config,
-overrides)` sets them on a ConfigDict; `as_flags(overrides)` renders them as the command line's
-`--config.key=value` flags, so a subprocess gets the same run.
+32-wide models, a few steps per upstream stage, 3 RL iterations of 16 prompts.
+`config_base.apply_overrides(config, PIPELINE)` sets them on a ConfigDict; `as_flags(overrides)`
+renders them as the command line's `--config.key=value` flags, so a subprocess gets the same run.
 Not for: anything whose figures mean something (these runs only prove the code runs and agrees
 with itself).
 """
@@ -40,19 +40,6 @@ PIPELINE: dict[str, Any] = {
 def workdirs(root: str) -> dict[str, str]:
   """The pipeline's workdirs under `root` (the RL stage's own is <root>/<stage>, set apart)."""
   return {f"pipeline.{s}.workdir": f"{root}/{s}" for s in ("pretrain", "sft", "reward")}
-
-
-def apply(config, overrides: Mapping[str, Any]):
-  """Sets each dotted key on `config` (a ConfigDict; FieldReferences follow) and returns it."""
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"{key}: no such config field")
-    node[leaf] = value
-  return config
 
 
 def as_flags(overrides: Mapping[str, Any]) -> list[str]:

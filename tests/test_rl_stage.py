@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import parallel, sampling, smoke, stages
+from rlhf_jax import config_base, parallel, sampling, smoke, stages
 from rlhf_jax.errors import ConfigError, DataError
 from rlhf_jax.models import ModelConfig, init_params
 from rlhf_jax.reward import combine
@@ -37,7 +37,7 @@ import ppo as ppo_config  # noqa: E402  pylint: disable=g-import-not-at-top,wron
 def _pipeline_config(root, stage_cfg=ppo_config, **rl):
   """A tiny pipeline whose upstream stages take seconds (`rlhf_jax.smoke`), 4 RL iterations."""
   c = stage_cfg.get_config()
-  smoke.apply(c, {**smoke.PIPELINE, **smoke.workdirs(root), "rl.iterations": 4,
+  config_base.apply_overrides(c, {**smoke.PIPELINE, **smoke.workdirs(root), "rl.iterations": 4,
                   "train.log_every": 2, "train.eval_every": 100, "train.checkpoint_every": 100})
   c.rl.update(rl)
   return c
@@ -289,7 +289,6 @@ def test_group_advantages_in_the_scored_rollout(algorithm):
 
 
 def test_best_of_n(upstream, tmp_path):
-  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train import best_of_n_stage as bon  # pylint: disable=g-import-not-at-top
   assert bon.kl_best_of_n(1) == 0.0
   assert bon.kl_best_of_n(16) == pytest.approx(np.log(16) - 15 / 16)
@@ -315,9 +314,8 @@ def test_best_of_n(upstream, tmp_path):
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo"])
 def test_dpo_on_the_pipelines_comparisons(upstream, tmp_path, loss):
-  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
   c = config_base.from_file(os.path.join(REPO, "configs", "dpo.py"))
-  smoke.apply(c, {k: v for k, v in {**smoke.PIPELINE, **smoke.workdirs(upstream)}.items()
+  config_base.apply_overrides(c, {k: v for k, v in {**smoke.PIPELINE, **smoke.workdirs(upstream)}.items()
                   if k.startswith("pipeline.")})
   c.dpo.loss = loss
   c.train.update(steps=6, batch_size=8, log_every=2, eval_every=3, checkpoint_every=3)
@@ -340,9 +338,8 @@ def test_dpo_on_the_pipelines_comparisons(upstream, tmp_path, loss):
 
 
 def test_iterative_online_rlhf_two_rounds(upstream, tmp_path):
-  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
   c = config_base.from_file(os.path.join(REPO, "configs", "iterative.py"))
-  smoke.apply(c, {**smoke.PIPELINE, **smoke.workdirs(upstream)})
+  config_base.apply_overrides(c, {**smoke.PIPELINE, **smoke.workdirs(upstream)})
   c.iterative.update(rounds=2, rl_iterations=2, prompts_per_round=16, eval_prompts_per_round=8,
                      rm_steps=3, sample_batch=8)
   c.data.builtin_eval = 16
@@ -356,7 +353,7 @@ def test_iterative_online_rlhf_two_rounds(upstream, tmp_path):
            for r in (0, 1)}
   assert lines == {0: 24, 1: 16}
   rm1 = config_base.from_file(os.path.join(REPO, "configs", "reward.py"))
-  smoke.apply(rm1, {"data.source": str(tmp_path / "comparisons" / "train"), "data.format":
+  config_base.apply_overrides(rm1, {"data.source": str(tmp_path / "comparisons" / "train"), "data.format":
                     "ranked", "data.eval_split": str(tmp_path / "comparisons" / "eval" /
                                                      "round_1.jsonl")})
   from rlhf_jax.data.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top

@@ -51,6 +51,13 @@ def pooled_scores(scores_BxT, mask_BxT, pooling: str = "last", sum_scale: float 
   raise ValueError(f"pooling={pooling!r} must be 'last', 'mean' or 'sum'")
 
 
+def row_rewards(scores_BxT, mask_BxT, model_cfg):
+  """float32[B]: a reward model's reward of each row, pooled as its config says
+  (`model.score_pooling`; "sum" scaled by 1 / max_seq_len)."""
+  return pooled_scores(scores_BxT, mask_BxT, model_cfg.score_pooling,
+                       1.0 / model_cfg.max_seq_len)
+
+
 def preference_matrix(ranks_BxK):
   """float32[B, K, K]: 1 where response i is ranked strictly above response j (both present)."""
   present = ranks_BxK >= 0

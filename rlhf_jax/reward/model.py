@@ -20,7 +20,7 @@ import numpy as np
 
 from rlhf_jax.errors import DataError
 from rlhf_jax.models import ModelConfig, forward
-from rlhf_jax.reward.losses import pooled_scores
+from rlhf_jax.reward.losses import row_rewards
 
 NORM_FILE = "reward_norm.json"
 
@@ -68,8 +68,7 @@ def raw_rewards(params, model_cfg: ModelConfig, tokens_BxT, mask_BxT):
   last real token)."""
   scores = forward(model_cfg, params, tokens_BxT, mask_BxT, outputs=("scores",),
                    heads="score")["scores"]
-  return pooled_scores(scores, mask_BxT, model_cfg.score_pooling,
-                       1.0 / model_cfg.max_seq_len)
+  return row_rewards(scores, mask_BxT, model_cfg)
 
 
 def normalized_rewards(rm: RewardModel, params, tokens_BxT, mask_BxT):

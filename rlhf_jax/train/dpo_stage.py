@@ -189,8 +189,9 @@ def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict)
                                 cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
         full_t = jnp.concatenate([dev["t"], gen["tokens"]], axis=1)
         full_m = jnp.concatenate([dev["m"], gen["mask"]], axis=1)
-        lp = parallel.to_host(logps_jit(params, full_t, full_m, tok.shape[1]))
         rp = parallel.to_host(logps_jit(ref, full_t, full_m, tok.shape[1]))
+        lp = rp if params is ref else parallel.to_host(
+            logps_jit(params, full_t, full_m, tok.shape[1]))
         resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
         n = len(part)
         g = builtin_task.gold_scores(np.where(mask, tok, tokenizer.pad_id),

@@ -35,10 +35,10 @@ ELO_FILE = "elo.json"
 
 def _copy(config, **updates):
   """A resolved, unlocked copy of `config` with dotted-key updates."""
-  from rlhf_jax import smoke  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
   c = config.copy_and_resolve_references()
   with c.unlocked():
-    smoke.apply(c, updates)
+    config_base.apply_overrides(c, updates)
   return c
 
 

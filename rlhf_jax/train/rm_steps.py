@@ -17,7 +17,7 @@ import optax
 from rlhf_jax import losses
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import ModelConfig, forward
-from rlhf_jax.reward.losses import pooled_scores, ranking_loss
+from rlhf_jax.reward.losses import ranking_loss, row_rewards
 from rlhf_jax.train.jit_steps import compile_steps
 from rlhf_jax.train.state import TrainState
 
@@ -56,8 +56,7 @@ def response_rewards(params, model_cfg: ModelConfig, tokens_BxKxT, mask_BxKxT,
   """float32[B, K]: the reward of every response, from one forward over the B·K rows."""
   b, k, _ = tokens_BxKxT.shape
   out, _, mask = _rows_forward(params, model_cfg, tokens_BxKxT, mask_BxKxT, ("scores",), heads)
-  return pooled_scores(out["scores"], mask, model_cfg.score_pooling,
-                       1.0 / model_cfg.max_seq_len).reshape(b, k)
+  return row_rewards(out["scores"], mask, model_cfg).reshape(b, k)
 
 
 def rm_loss(params, model_cfg: ModelConfig, batch, lc: RMLossConfig):
@@ -65,8 +64,7 @@ def rm_loss(params, model_cfg: ModelConfig, batch, lc: RMLossConfig):
   outputs = ("scores", "logits") if lc.lm_coef > 0 else ("scores",)
   out, tokens, mask = _rows_forward(params, model_cfg, batch["tokens"], batch["attention_mask"],
                                     outputs, lc.heads)
-  rewards = pooled_scores(out["scores"], mask, model_cfg.score_pooling,
-                       1.0 / model_cfg.max_seq_len).reshape(b, k)
+  rewards = row_rewards(out["scores"], mask, model_cfg).reshape(b, k)
   margin = (lc.margin + batch["margin"])[:, None, None]
   loss, metrics = ranking_loss(rewards, batch["ranks"], margin, lc.per_prompt, lc.center_coef)
   if lc.lm_coef > 0:
