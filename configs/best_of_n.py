@@ -3,6 +3,7 @@ the data of rejection-sampling fine-tuning.
 
   python -m rlhf_jax.main --config=configs/best_of_n.py     # the pipeline's SFT policy and RM
   python -m rlhf_jax.main --config=configs/best_of_n.py --config.init.from_workdir=runs/ppo
+  python -m rlhf_jax.main --config=configs/best_of_n.py:train   # rejection-sampling data
 
 Writes `best_of_n.json` (RM and gold score and the analytic KL for each n) and `best_of_n.jsonl`
 (the best response per prompt at the largest n) to the workdir.
@@ -16,8 +17,8 @@ from rlhf_jax.reward.combine import rewards_section
 
 def get_config(arg=None):
   preset, _ = config_base.parse_arg(arg)
-  if preset:
-    raise ValueError(f"configs/best_of_n.py: no presets (got {preset!r})")
+  if preset not in ("", "train"):
+    raise ValueError(f"configs/best_of_n.py: unknown preset {preset!r}; use train")
   c = config_base.base_config("best_of_n")
   c.init.from_workdir = "runs/pipeline/sft"  # the policy sampled (configs/ppo.py's SFT)
   c.reward = rewards_section()
@@ -30,6 +31,13 @@ def get_config(arg=None):
       "prompts_per_call": 16,  # prompts sampled per compiled call (x max(ns) rows)
       "max_new_tokens": 40,  # as the RL stage's rl.max_new_tokens
       "temperature": 1.0,  # as the RL stage's rollouts and held-out evaluations
+      # "eval": the held-out prompts (the evaluation table); "train": the RL training prompts
+      # (rejection-sampling fine-tuning data for configs/sft.py:rejection_sampling).
+      "prompts": "eval",
   })
   c.workdir = "runs/best_of_n"
+  if preset == "train":  # Llama 2's rejection sampling: the best of 16 on 2,000 train prompts
+    c.data.builtin_train = 2000  # RL training prompts drawn (as configs/ppo.py's data)
+    c.best_of_n.update(prompts="train", ns="16")
+    c.workdir = "runs/best_of_n_train"
   return c

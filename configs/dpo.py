@@ -31,13 +31,7 @@ def get_config(arg=None):
       "loss": "dpo",  # "dpo" (sigmoid) or "ipo" (squared)
       "label_smoothing": 0.0,  # dpo: the probability that a label is flipped
   })
-  c.eval_policy = mc.ConfigDict({  # the built-in task: gold and KL on held-out RL prompts
-      "prompts": 256,  # 0 = skip; the RL stage's held-out prompts (data.builtin_eval)
-      "max_prompt_len": 24,  # as the RL config's data.max_prompt_len
-      "max_new_tokens": 40,  # as rl.max_new_tokens
-      "temperature": 1.0,  # as rl.temperature
-      "batch_size": 64,  # prompts per compiled sampling call
-  })
+  c.eval_policy = config_base.eval_policy_section()  # built-in task: gold and KL at the end
   c.optim.learning_rate = 1e-4
   c.optim.warmup_steps = 20
   c.optim.final_lr_fraction = 1.0

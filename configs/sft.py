@@ -5,10 +5,12 @@
       --config.init.hf_checkpoint=/ckpt/Qwen2.5-0.5B --config.data.source=/data/demos.jsonl
   python -m rlhf_jax.main --config=configs/sft.py:hh --config.init.hf_checkpoint=/ckpt/...
   python -m rlhf_jax.main --config=configs/sft.py:qwen05b      # random weights, benchmark shape
+  python -m rlhf_jax.main --config=configs/sft.py:rejection_sampling   # after best_of_n.py:train
 
 Presets (`:name`): "" (built-in task), "hf" (a Hugging Face checkpoint on demonstrations),
 "hh" (Anthropic hh-rlhf dialogues, hub name Anthropic/hh-rlhf), "alpaca" (instruction/output
-records), "qwen05b" / "llama1b" (random weights, synthetic tokens, for speed measurements).
+records), "qwen05b" / "llama1b" (random weights, synthetic tokens, for speed measurements),
+"rejection_sampling" (the pipeline's SFT policy on its own best-of-16 answers, Llama 2's RS).
 """
 
 from rlhf_jax import config_base
@@ -58,8 +60,19 @@ def get_config(arg=None):
     c.train.checkpoint_every = 1000
     c.train.num_samples = 0
     c.optim.learning_rate = 1e-5
+  elif preset == "rejection_sampling":
+    # Llama 2's rejection-sampling fine-tuning: the pipeline's SFT policy fine-tuned on its own
+    # best-of-16 answers (by the reward model) to RL training prompts.
+    c.init.from_workdir = "runs/pipeline/sft"  # the policy that was sampled
+    c.data.source = "runs/best_of_n_train/best_of_n.jsonl"  # configs/best_of_n.py:train
+    c.data.prompt_template = "{prompt}"  # the records' prompts are rendered already
+    c.eval_policy = config_base.eval_policy_section()  # gold and KL beside the SFT policy
+    c.train.steps = 300
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
+    c.optim.learning_rate = 3e-4
   elif preset:
     raise ValueError(f"configs/sft.py: unknown preset {preset!r}; use hf, hh, alpaca, qwen05b, "
-                     "llama1b")
+                     "llama1b, rejection_sampling")
   c.workdir = f"runs/sft{'_' + preset if preset else ''}"
   return c

@@ -3,8 +3,9 @@
   python -m rlhf_jax.compare                      # runs what is not finished, then the table
   python -m rlhf_jax.compare --only=ppo,grpo --set=rl.iterations=60
 
-Runs `configs/{ppo,a2c,grpo,rloo,dpo,best_of_n}.py` in turn through `rlhf_jax.stages.run` (each
-skips or resumes what its workdir already holds, and the first runs the shared pipeline:
+Runs `configs/{ppo,a2c,grpo,rloo,dpo,best_of_n}.py` and rejection-sampling fine-tuning
+(`best_of_n.py:train`, then `sft.py:rejection_sampling`) in turn through `rlhf_jax.stages.run`
+(each skips or resumes what its workdir already holds, and the first runs the shared pipeline:
 pretraining, SFT, reward model), then reads what each wrote (`summary.json`, `eval_policy.json`,
 `best_of_n.json`) and prints one table on the same 256 held-out prompts at temperature 1: the
 mean gold score, the KL to the SFT policy in nats per response, and the samples each method
@@ -19,7 +20,14 @@ import json
 import os
 import sys
 
-METHODS = ("ppo", "a2c", "grpo", "rloo", "dpo", "best_of_n")
+# Each method: the configs it runs, in order ("file[:preset]" under configs/).
+PLAN = {
+    "ppo": ("ppo",), "a2c": ("a2c",), "grpo": ("grpo",), "rloo": ("rloo",), "dpo": ("dpo",),
+    "best_of_n": ("best_of_n",),
+    # Llama 2's rejection sampling: best of 16 on training prompts, then SFT on those answers.
+    "rejection_sampling": ("best_of_n:train", "sft:rejection_sampling"),
+}
+METHODS = tuple(PLAN)
 
 
 def _load(path: str) -> dict:
@@ -27,22 +35,38 @@ def _load(path: str) -> dict:
     return json.load(f)
 
 
-def run_all(repo: str, only, overrides) -> dict:
-  from rlhf_jax import config_base, stages  # pylint: disable=g-import-not-at-top
+def build_configs(repo: str, only, overrides) -> dict:
+  """{method: [config, ...]} in run order. `pipeline.*` and `seed` overrides apply to every
+  config that has the key; `<method>.<key>` ones to the method's last config."""
+  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
   configs = {}
   for m in only:
-    c = config_base.from_file(os.path.join(repo, "configs", f"{m}.py"))
-    shared = {k: v for k, v in overrides.items() if k.startswith(("pipeline.", "seed"))}
-    own = {k[len(m) + 1:]: v for k, v in overrides.items() if k.startswith(m + ".")}
-    config_base.apply_overrides(c, {**shared, **own})
-    print(f"\n===== {m}: {c.workdir}", flush=True)
-    stages.run(c, c.workdir)
-    configs[m] = c
+    configs[m] = []
+    for i, spec in enumerate(PLAN[m]):
+      name, _, preset = spec.partition(":")
+      c = config_base.from_file(os.path.join(repo, "configs", f"{name}.py") +
+                                (f":{preset}" if preset else ""))
+      shared = {k: v for k, v in overrides.items()
+                if k.startswith(("pipeline.", "seed")) and k.split(".")[0] in c}
+      own = {k[len(m) + 1:]: v for k, v in overrides.items()
+             if k.startswith(m + ".") and i == len(PLAN[m]) - 1}
+      configs[m].append(config_base.apply_overrides(c, {**shared, **own}))
   return configs
 
 
-def collect(configs: dict) -> list[dict]:
-  """Rows of the table, from the files each method wrote."""
+def run_all(repo: str, only, overrides) -> dict:
+  from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
+  configs = build_configs(repo, only, overrides)
+  for m, cs in configs.items():
+    for c in cs:
+      print(f"\n===== {m}: {c.stage} in {c.workdir}", flush=True)
+      stages.run(c, c.workdir)
+  return configs
+
+
+def collect(configs_by_method: dict) -> list[dict]:
+  """Rows of the table, from the files each method wrote ({method: [config, ...]})."""
+  configs = {m: cs[-1] for m, cs in configs_by_method.items()}
   rows = []
   if "ppo" in configs:
     sft = _load(os.path.join(configs["ppo"].workdir, "eval_sft.json"))
@@ -70,6 +94,14 @@ def collect(configs: dict) -> list[dict]:
                  "kl": pe["kl"],
                  "samples": f"0 new; {c.train.steps} steps x {c.train.batch_size} of the RM's "
                             "ranked SFT samples"})
+  if "rejection_sampling" in configs:
+    data_cfg, c = configs_by_method["rejection_sampling"][0], configs["rejection_sampling"]
+    pe = _load(os.path.join(c.workdir, "eval_policy.json"))["SFT"]
+    b = data_cfg.best_of_n
+    prompts = b.num_prompts or data_cfg.data.builtin_train
+    rows.append({"method": "rejection sampling (RS-FT)", "gold": pe["gold"], "kl": pe["kl"],
+                 "samples": f"{prompts * int(str(b.ns).split(',')[-1]):,} ({prompts:,} train "
+                            f"prompts x {b.ns}, best kept); {c.train.steps} SFT steps"})
   return rows
 
 

@@ -120,6 +120,18 @@ def train_section(**overrides) -> mc.ConfigDict:
   return mc.ConfigDict(d)
 
 
+def eval_policy_section() -> mc.ConfigDict:
+  """The built-in task's policy evaluation (`rlhf_jax.train.policy_eval`): the trained policy
+  beside its starting one on the RL stage's held-out prompts, sampled as the RL stage samples."""
+  return mc.ConfigDict({
+      "prompts": 256,  # 0 = skip; the RL stage's held-out prompts (data.builtin_eval)
+      "max_prompt_len": 24,  # as the RL config's data.max_prompt_len
+      "max_new_tokens": 40,  # as rl.max_new_tokens
+      "temperature": 1.0,  # as rl.temperature
+      "batch_size": 64,  # prompts per compiled sampling call
+  })
+
+
 def base_config(stage: str) -> mc.ConfigDict:
   return mc.ConfigDict({
       "stage": stage,  # which stage runs: a key of rlhf_jax.stages.STAGES

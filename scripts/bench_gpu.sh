@@ -7,10 +7,12 @@
 # accelerate, ...), then runs, each with --peer and appending to $OUT/bench.jsonl:
 #   hardware (bf16 matmul peak, copy bandwidth); generate at qwen05b, batch 64 and 256, prompt
 #   128 + 128 new; train at llama1b, SFT and RM losses, 8 x 2048; one RL iteration at qwen05b,
-#   64 x (128 + 128), against TRL's GRPOTrainer with the same sampled tokens.
+#   64 x (128 + 128), against TRL's GRPOTrainer with the same sampled tokens; and (issue 7) one
+#   PPO iteration at llama1b, 16 x (128 + 128), full fine-tuning and LoRA rank 16, for peak memory.
 # Prints the comparison table last; every log goes to $OUT. A CPU smoke test of the script:
 #   SKIP_WHEELS=1 GEN_SHAPE=tiny TRAIN_SHAPE=tiny GEN_BATCH=8 TRAIN_BATCH=8 SEQ=64 PROMPT=16 \
-#     NEW=8 RL_BATCH=16 bash scripts/bench_gpu.sh    (the TRL peer needs trl and accelerate)
+#     NEW=8 RL_BATCH=16 LORA_SHAPE=tiny LORA_BATCH=8 bash scripts/bench_gpu.sh
+#   (the TRL peer needs trl and accelerate)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/bench_out}
@@ -48,5 +50,11 @@ run generate generate --shape="$GEN_SHAPE" --batch="${GEN_BATCH:-64,256}" --prom
 run train train --shape="$TRAIN_SHAPE" --loss=sft,rm --batch="${TRAIN_BATCH:-8}" \
   --seq="${SEQ:-2048}" --peer "${LIMITS[@]}"
 run rl rl --shape="$GEN_SHAPE" --batch="${RL_BATCH:-64}" --prompt="$PROMPT" --new="$NEW" --peer
+# Issue 7: peak memory of one PPO iteration at the LoRA shape, full fine-tuning against LoRA.
+LORA_SHAPE=${LORA_SHAPE:-llama1b} LORA_BATCH=${LORA_BATCH:-16}
+run rl_full rl --shape="$LORA_SHAPE" --batch="$LORA_BATCH" --prompt="$PROMPT" --new="$NEW" \
+  --repeats=1
+run rl_lora rl --shape="$LORA_SHAPE" --batch="$LORA_BATCH" --prompt="$PROMPT" --new="$NEW" \
+  --repeats=1 --lora_rank="${LORA_RANK:-16}"
 echo "================ table ================"
 "$PY" -m rlhf_jax.bench report "$J" | tee "$OUT/table.txt"

@@ -17,23 +17,26 @@ def _write(path, obj):
 
 
 def test_collect_builds_one_row_per_method(tmp_path):
-  configs = {}
-  for m in compare.METHODS:
-    c = config_base.from_file(os.path.join(REPO, "configs", f"{m}.py"))
-    c.workdir = str(tmp_path / m)
-    configs[m] = c
-  _write(str(tmp_path / "ppo" / "eval_sft.json"), {"eval_gold": 1.5})
+  configs = compare.build_configs(REPO, compare.METHODS, {})
+  for m, cs in configs.items():
+    for i, c in enumerate(cs):
+      c.workdir = str(tmp_path / f"{m}{i}")
+  _write(str(tmp_path / "ppo0" / "eval_sft.json"), {"eval_gold": 1.5})
   for i, m in enumerate(("ppo", "a2c", "grpo", "rloo")):
-    _write(str(tmp_path / m / "summary.json"),
+    _write(str(tmp_path / f"{m}0" / "summary.json"),
            {"final": {"eval_gold": 3.0 + i, "eval_kl": 4.0}, "samples": 640, "iteration": 10})
-  _write(str(tmp_path / "dpo" / "eval_policy.json"), {"DPO": {"gold": 2.5, "kl": 6.0}})
-  _write(str(tmp_path / "best_of_n" / "best_of_n.json"),
+  _write(str(tmp_path / "dpo0" / "eval_policy.json"), {"DPO": {"gold": 2.5, "kl": 6.0}})
+  _write(str(tmp_path / "best_of_n0" / "best_of_n.json"),
          {"1": {"gold": 1.5, "kl": 0.0}, "4": {"gold": 2.0, "kl": 0.636},
           "16": {"gold": 2.4, "kl": 1.835}})
+  _write(str(tmp_path / "rejection_sampling1" / "eval_policy.json"),
+         {"start (reference)": {"gold": 1.5, "kl": 0.0}, "SFT": {"gold": 2.2, "kl": 1.1}})
   rows = compare.collect(configs)
   names = [r["method"] for r in rows]
   assert names == ["SFT (reference)", "best-of-4", "best-of-16", "PPO", "A2C", "GRPO", "RLOO",
-                   "DPO (dpo, beta 0.1)"]
+                   "DPO (dpo, beta 0.1)", "rejection sampling (RS-FT)"]
+  rs = rows[-1]
+  assert rs["gold"] == 2.2 and rs["samples"].startswith("32,000 (2,000 train prompts x 16")
   grpo = rows[names.index("GRPO")]
   assert grpo["gold"] == 5.0 and "8 prompts x 8" in grpo["samples"]
   assert "64 prompts" in rows[names.index("PPO")]["samples"]

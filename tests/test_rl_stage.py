@@ -23,7 +23,7 @@ from rlhf_jax.reward.model import RewardModel
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.rollout import response_outputs, score_rollout
-from rlhf_jax.train import pipeline
+from rlhf_jax.train import pipeline, rl_data
 from rlhf_jax.train.state import OptimConfig, create_state, param_shardings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -312,15 +312,22 @@ def test_best_of_n(upstream, tmp_path):
   assert np.mean([r["rm_score"] for r in recs]) == pytest.approx(rm[2], rel=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["dpo", "ipo"])
-def test_dpo_on_the_pipelines_comparisons(upstream, tmp_path, loss):
+def _dpo_config(upstream, lr):
+  """configs/dpo.py over the finished tiny upstream: 6 steps, evals at 0, 3 and 6."""
   c = config_base.from_file(os.path.join(REPO, "configs", "dpo.py"))
-  config_base.apply_overrides(c, {k: v for k, v in {**smoke.PIPELINE, **smoke.workdirs(upstream)}.items()
-                  if k.startswith("pipeline.")})
-  c.dpo.loss = loss
+  config_base.apply_overrides(c, {k: v for k, v in {**smoke.PIPELINE,
+                                                    **smoke.workdirs(upstream)}.items()
+                                  if k.startswith("pipeline.")})
   c.train.update(steps=6, batch_size=8, log_every=2, eval_every=3, checkpoint_every=3)
   c.eval_policy.update(prompts=16, batch_size=8, max_new_tokens=8)
-  c.optim.learning_rate = 1e-3
+  c.optim.learning_rate = lr
+  return c
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo"])
+def test_dpo_on_the_pipelines_comparisons(upstream, tmp_path, loss):
+  c = _dpo_config(upstream, 1e-3)
+  c.dpo.loss = loss
   out = stages.run(c, str(tmp_path))
   rows = _log(str(tmp_path), "dpo")
   train = [r for r in rows if "reward_margin" in r]
@@ -366,3 +373,123 @@ def test_iterative_online_rlhf_two_rounds(upstream, tmp_path):
   assert max(r["step"] for r in rl_rows) == 4
   assert os.path.exists(tmp_path / "comparisons" / "train" / "round_1.jsonl")
   assert os.path.exists(tmp_path / "elo.json")
+
+
+def _assert_base_is(params, sft_params):
+  """The policy's base (adapters and value head aside) is the SFT model, bitwise."""
+  from rlhf_jax.models import lora  # pylint: disable=g-import-not-at-top
+  base = {k: v for k, v in lora.base_params(params).items()
+          if k not in ("score_kernel", "score_bias")}
+  flat = jax.tree_util.tree_flatten_with_path(base)[0]
+  assert len(flat) == len(jax.tree.leaves(sft_params))
+  for (path, x), y in zip(flat, jax.tree.leaves(sft_params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+def test_ppo_with_lora_trains_adapters_against_its_own_base(upstream, tmp_path):
+  """LoRA PPO: the reference is the policy with its adapters off, so the first rollout's KL is
+  exactly 0; the base stays the SFT model bitwise while the adapters (policy and critic) train;
+  a resumed LoRA run (masked optimizer state through Orbax) equals an uninterrupted one."""
+  from rlhf_jax.models import lora  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import model_init  # pylint: disable=g-import-not-at-top
+  c = _pipeline_config(upstream)
+  c.model.update(lora_rank=4, lora_alpha=16.0)
+  c.optim.learning_rate = 1e-3
+  full = stages.run(c, str(tmp_path / "full"))
+  rows = [r for r in _log(str(tmp_path / "full")) if "rm_score" in r and "eval_kl" not in r]
+  assert rows[0]["kl"] == 0 and rows[-1]["kl"] != 0
+  params = jax.device_get(full["state"].params)
+  assert lora.has_adapters(params) and lora.has_adapters(full["state"].critic.params)
+  _assert_base_is(params, model_init.load_workdir_params(os.path.join(upstream, "sft"), c,
+                                                         "lm")[1])
+  # Interrupted at iteration 2 and resumed: the same final state, bitwise.
+  c.train.update(checkpoint_every=2, stop_at=2)
+  stages.run(c, str(tmp_path / "part"))
+  c.train.stop_at = 0
+  resumed = stages.run(c, str(tmp_path / "part"))
+  for x, y in zip(jax.tree.leaves(jax.device_get(full["state"])),
+                  jax.tree.leaves(jax.device_get(resumed["state"]))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_dpo_with_lora_uses_the_base_as_reference(upstream, tmp_path):
+  from rlhf_jax.models import lora  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import model_init  # pylint: disable=g-import-not-at-top
+  c = _dpo_config(upstream, 3e-3)
+  c.model.update(lora_rank=4, lora_alpha=16.0)
+  out = stages.run(c, str(tmp_path))
+  rows = _log(str(tmp_path), "dpo")
+  evals = [r for r in rows if "eval_reward_accuracy" in r]
+  train = [r for r in rows if "reward_margin" in r]
+  # Step 0: the policy (fresh adapters) is its base, the reference: every margin is exactly 0.
+  assert evals[0]["eval_reward_margin"] == 0
+  assert train[-1]["reward_margin"] > 0  # the adapters separate chosen from rejected
+  pe = out["policy_eval"]
+  assert pe["SFT (reference)"]["kl"] == 0 and pe["DPO"]["kl"] != 0
+  params = jax.device_get(out["state"].params)
+  assert lora.has_adapters(params)
+  _assert_base_is(params, model_init.load_workdir_params(os.path.join(upstream, "sft"), c,
+                                                         "lm")[1])
+
+
+def test_reward_model_with_lora_reads_back_merged(upstream, tmp_path):
+  """A LoRA reward model from the SFT policy: adapters and the new score head train, the trunk
+  stays the SFT one bitwise, and a later stage reads it merged, scoring exactly as it did."""
+  from rlhf_jax.models import forward, lora  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.reward.losses import row_rewards  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import model_init  # pylint: disable=g-import-not-at-top
+  c = _pipeline_config(upstream).pipeline.reward
+  c.model.update(lora_rank=4, lora_alpha=16.0)
+  c.train.steps = 6
+  c.optim.learning_rate = 3e-3
+  out = stages.run(c, str(tmp_path))
+  params = jax.device_get(out["state"].params)
+  assert lora.has_adapters(params) and "lm_head" not in params
+  sft = model_init.load_workdir_params(os.path.join(upstream, "sft"), c, "score")[1]
+  _assert_base_is(params, {k: v for k, v in sft.items() if not k.startswith("score_")})
+  info = model_init.read_model_json(str(tmp_path))
+  cfg = model_init.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in info["model"].items()})
+  merged_cfg, merged = model_init.load_workdir_params(str(tmp_path), c, "score")
+  assert merged_cfg.lora_rank == 0 and not lora.has_adapters(merged)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (4, 12)))
+  mask = jnp.ones_like(tokens, bool)
+  a = row_rewards(forward(cfg, params, tokens, mask, heads="score")["scores"], mask, cfg)
+  b = row_rewards(forward(merged_cfg, merged, tokens, mask, heads="score")["scores"], mask,
+                  merged_cfg)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_rejection_sampling_fine_tuning(upstream, tmp_path):
+  """Llama 2's RS step: best-of-n on TRAINING prompts writes prompt/response records, and the SFT
+  stage's rejection_sampling preset fine-tunes the SFT policy on them; the records' prompts
+  re-encode to exactly the RL prompts' tokens."""
+  from rlhf_jax.data import demonstrations, lm_data  # pylint: disable=g-import-not-at-top
+  c = config_base.from_file(os.path.join(REPO, "configs", "best_of_n.py:train"))
+  c.init.from_workdir = os.path.join(upstream, "sft")
+  c.reward.models = os.path.join(upstream, "reward")
+  c.data.builtin_train = 64
+  c.best_of_n.update(ns="4", num_prompts=48, prompts_per_call=8, max_new_tokens=8)
+  stages.run(c, str(tmp_path / "bon"))
+  with open(tmp_path / "bon" / "best_of_n.jsonl", encoding="utf-8") as f:
+    recs = [json.loads(l) for l in f]
+  assert len(recs) == 48
+  tok = lm_data.load_tokenizer(c)
+  enc = demonstrations.Encoder(demonstrations.DemoConfig(source="x.jsonl",
+                                                         prompt_template="{prompt}"), tok)
+  train = rl_data.builtin_prompts(64, "train", c.seed)
+  for i in (0, 47):  # the records follow the training prompts in order
+    ids, mask = enc.encode(recs[i], "f", i)
+    assert ids[:mask.index(True)] == list(train[i])
+
+  s = config_base.from_file(os.path.join(REPO, "configs", "sft.py:rejection_sampling"))
+  s.init.from_workdir = os.path.join(upstream, "sft")
+  s.data.source = str(tmp_path / "bon" / "best_of_n.jsonl")
+  s.train.update(steps=4, batch_size=8, log_every=2, eval_every=100, checkpoint_every=100,
+                 num_samples=0)
+  s.eval_policy.update(prompts=16, batch_size=8, max_new_tokens=8)
+  out = stages.run(s, str(tmp_path / "rs"))
+  assert out["step"] == 4 and np.isfinite(out["history"][-1]["eval_loss"])
+  pe = out["policy_eval"]
+  assert list(pe) == ["start (reference)", "SFT"] and pe["start (reference)"]["kl"] == 0
+  assert pe["SFT"]["kl"] != 0 and os.path.exists(tmp_path / "rs" / "eval_policy.json")

@@ -48,6 +48,8 @@ def parse(argv):
   p.add_argument("--generations", type=int, default=8, help="rl peer: GRPO group size")
   p.add_argument("--remat", default="dots_no_batch", help="ours: none, full, dots, "
                  "dots_no_batch")
+  p.add_argument("--lora_rank", type=int, default=0,
+                 help="rl, ours: LoRA adapters of this rank on policy and critic (0 = off)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--impl", default="ours", choices=("ours", "hf", "trl"))
   p.add_argument("--peer", action="store_true", help="also run the peer, in a child process")
@@ -117,7 +119,8 @@ def measure(args) -> list[dict]:
     elif args.what == "rl":
       if args.impl == "ours":
         out.append(ours.bench_rl_iteration(args.shape, b, args.prompt, args.new, args.epochs,
-                                           args.minibatches, args.repeats, args.remat))
+                                           args.minibatches, args.repeats, args.remat,
+                                           args.lora_rank))
       else:
         out.append(peers.trl_grpo(args.shape, b, args.prompt, args.new, args.generations,
                                   args.repeats))

@@ -146,21 +146,25 @@ def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat
 
 
 def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: int,
-                       minibatches: int, repeats: int, remat: str) -> dict:
-  """One PPO iteration: generate, score (old / reference log-probs, values, RM, GAE), update."""
+                       minibatches: int, repeats: int, remat: str, lora_rank: int = 0) -> dict:
+  """One PPO iteration: generate, score (old / reference log-probs, values, RM, GAE), update.
+
+  With `lora_rank` > 0 the policy and critic train LoRA adapters on every projection and the
+  reference is the policy's base (adapters off): no reference copy, no base moments."""
+  from rlhf_jax.models import lora  # pylint: disable=g-import-not-at-top
   from rlhf_jax.reward import combine  # pylint: disable=g-import-not-at-top
   from rlhf_jax.reward.model import RewardModel  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl import ppo  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl.compiled import compile_rl  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl.config import RLConfig  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train.state import OptimConfig, TrainState, create_state  # pylint: disable=g-import-not-at-top
-  cfg = model_config(shape, prompt + new, remat=remat)
+  cfg = model_config(shape, prompt + new, remat=remat).replace(lora_rank=lora_rank)
   mesh, rules = _mesh_rules()
   rl = RLConfig(rollout_batch=batch, max_new_tokens=new, epochs=epochs, minibatches=minibatches)
-  tx = OptimConfig(learning_rate=1e-6, warmup_steps=0).make()
+  tx = OptimConfig(learning_rate=1e-6, warmup_steps=0).make(lora.trainable if lora_rank else None)
   policy, pol_sh = create_state(cfg, tx, mesh, rules, 0)
   critic, cri_sh = create_state(cfg, tx, mesh, rules, 1, heads="score")
-  ref = _frozen_params(cfg, mesh, rules, 2)
+  ref = None if lora_rank else _frozen_params(cfg, mesh, rules, 2)
   rm_params = _frozen_params(cfg, mesh, rules, 3, heads="score")
   rm = RewardModel("rm", "", cfg, rm_params, 1.0, 0.0, "")
   fns = compile_rl(model_cfg=cfg, critic_cfg=cfg, heads="lm", reward_models=[rm],
@@ -177,7 +181,8 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
     t0 = time.perf_counter()
     gen = jax.block_until_ready(fns.generate(policy.params, toks, mask, key))
     t1 = time.perf_counter()
-    ro = jax.block_until_ready(fns.score(policy.params, ref, critic.params, [rm_params], beta,
+    ref_now = lora.base_params(policy.params) if lora_rank else ref
+    ro = jax.block_until_ready(fns.score(policy.params, ref_now, critic.params, [rm_params], beta,
                                          toks, mask, gen["tokens"], gen["mask"]))
     t2 = time.perf_counter()
     pol = TrainState(step=jnp.zeros((), jnp.int32), params=policy.params,
@@ -201,5 +206,8 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
              "sampled_tokens": batch * new, "sampled_tokens_measured": min(sampled),
              "epochs": epochs, "minibatches": minibatches, "remat": cfg.remat,
              "params_M": round(cfg.num_params() / 1e6, 1),
-             "models": "policy + critic + reference + reward model, same shape"}
+             "models": ("policy + critic + reference + reward model, same shape" if not lora_rank
+                        else "LoRA policy and critic, reference = policy base, reward model")}
+  if lora_rank:  # in the key: no peer record shares it
+    setting.update(lora_rank=lora_rank, adapter_params_M=round(cfg.num_lora_params() / 1e6, 2))
   return record("rl_iteration", "rlhf_jax", jax_device(), setting, figures, versions(*_VERSIONS))

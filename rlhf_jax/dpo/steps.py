@@ -18,7 +18,7 @@ import optax
 
 from rlhf_jax.dpo.losses import LOSSES, preference_loss
 from rlhf_jax.errors import ConfigError, reject_unknown_fields
-from rlhf_jax.models import ModelConfig, forward
+from rlhf_jax.models import ModelConfig, forward, lora
 from rlhf_jax.reward.losses import preference_matrix
 
 BATCH_NDIMS = {"tokens": 3, "attention_mask": 3, "response_mask": 3, "ranks": 2, "margin": 1}
@@ -68,10 +68,16 @@ def _pairs(logp_BxK, ref_BxK, ranks_BxK, dc: DPOConfig):
   return loss, met
 
 
+def reference_of(params, ref_params):
+  """The frozen reference: `ref_params`, or None for the policy's own base with its LoRA
+  adapters switched off (no second copy of the weights)."""
+  return lora.base_params(params) if ref_params is None else ref_params
+
+
 def dpo_loss(params, ref_params, model_cfg: ModelConfig, batch, dc: DPOConfig):
   args = (batch["tokens"], batch["attention_mask"], batch["response_mask"])
   logp = sequence_logps(params, model_cfg, *args)
-  ref = jax.lax.stop_gradient(sequence_logps(ref_params, model_cfg, *args))
+  ref = jax.lax.stop_gradient(sequence_logps(reference_of(params, ref_params), model_cfg, *args))
   return _pairs(logp, ref, batch["ranks"], dc)
 
 
@@ -88,4 +94,4 @@ def eval_step(params, ref_params, batch, *, model_cfg: ModelConfig):
   """{"logp", "ref_logp"} [B, K]: the host computes the held-out metrics from them."""
   args = (batch["tokens"], batch["attention_mask"], batch["response_mask"])
   return {"logp": sequence_logps(params, model_cfg, *args),
-          "ref_logp": sequence_logps(ref_params, model_cfg, *args)}
+          "ref_logp": sequence_logps(reference_of(params, ref_params), model_cfg, *args)}

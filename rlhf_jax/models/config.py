@@ -17,6 +17,7 @@ from rlhf_jax.errors import ConfigError, reject_unknown_fields
 _NORMS = ("rms", "layer")
 _POSITIONS = ("rope", "learned")
 _POOLINGS = ("last", "mean", "sum")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 _MLPS = ("swiglu", "gelu")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -59,6 +60,13 @@ class ModelConfig:
   # additive over tokens, so length is a feature the model gets for free and the context decides
   # its sign; the prompt's own terms cancel between two responses to the same prompt.
   score_pooling: str = "last"
+  # Low-rank adapters (LoRA): rank r of the adapters on the `lora_targets` projections; 0 = off.
+  # With r > 0 only the adapters (and a score head) train, the base weights are frozen.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+  # Comma-separated projections that get adapters: q, k, v, o (attention), gate, up, down (MLP;
+  # GPT-2's MLP has no gate).
+  lora_targets: str = "q,k,v,o,gate,up,down"
 
   def __post_init__(self):
     def need(cond, field, why):
@@ -82,6 +90,11 @@ class ModelConfig:
     need(self.param_dtype in _DTYPES, "param_dtype", f"must be one of {_DTYPES}")
     need(self.score_pooling in _POOLINGS, "score_pooling", f"must be one of {_POOLINGS}")
     need(self.norm_eps > 0, "norm_eps", "must be positive")
+    need(self.lora_rank >= 0, "lora_rank", "must be >= 0 (0: no adapters)")
+    need(self.lora_alpha > 0, "lora_alpha", "must be positive")
+    targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+    need(targets and all(t in LORA_TARGETS for t in targets), "lora_targets",
+         f"must be a comma-separated subset of {','.join(LORA_TARGETS)}")
     if self.rope_llama3_scaling is not None:
       need(len(self.rope_llama3_scaling) == 4, "rope_llama3_scaling",
            "must be (factor, low_freq_factor, high_freq_factor, original_max_len)")
@@ -89,6 +102,15 @@ class ModelConfig:
   @property
   def dim_per_head(self) -> int:
     return self.head_dim or self.hidden // self.num_heads
+
+  def lora_on(self, projection: str) -> bool:
+    """Whether `projection` (q, k, v, o, gate, up, down) carries LoRA adapters."""
+    return self.lora_rank > 0 and projection in {
+        t.strip() for t in self.lora_targets.split(",")}
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   @property
   def compute_dtype(self):
@@ -148,7 +170,20 @@ class ModelConfig:
     elif not lm_head and not self.tie_embeddings:
       n -= self.vocab_size * self.hidden  # a reward model or critic has no LM head
     attn = 2 * self.num_layers * self.num_heads * self.dim_per_head * seq_len
+    if self.lora_rank:  # frozen weights: forward and input gradients only (4 per weight)
+      return 4.0 * n + 6.0 * self.num_lora_params() + 6.0 * attn
     return 6.0 * n + 6.0 * attn
+
+  def num_lora_params(self) -> int:
+    """Parameters of the LoRA adapters (0 without them)."""
+    if not self.lora_rank:
+      return 0
+    d, f, q, kv = (self.hidden, self.mlp_dim, self.num_heads * self.dim_per_head,
+                   self.num_kv_heads * self.dim_per_head)
+    sizes = {"q": d + q, "k": d + kv, "v": d + kv, "o": q + d, "up": d + f, "down": f + d,
+             "gate": d + f if self.mlp == "swiglu" else 0}
+    return self.num_layers * self.lora_rank * sum(
+        n for t, n in sizes.items() if self.lora_on(t))
 
 
 _LLAMA = dict(norm="rms", position="rope", mlp="swiglu")

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rlhf_jax.errors import ConfigError, DataError
+from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import init_params
 
@@ -441,13 +442,21 @@ def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, params,
   """Writes config.json and safetensors that `AutoModelForCausalLM.from_pretrained` loads.
 
   `params` may be jax arrays (sharded ones are gathered to host; on several hosts every process
-  must call this, and only one should write) in either layer layout; a score head is dropped. Over `max_shard_size_bytes`, weights go to numbered shards plus an index.
+  must call this, and only one should write) in either layer layout; a score head is dropped,
+  and LoRA adapters are merged into their kernels. Over `max_shard_size_bytes`, weights go to
+  numbered shards plus an index.
   Earlier model*.safetensors files in `path` are removed first.
   """
   path = os.fspath(path)
   model_type = _family_of(cfg)
   fam = _FAMILIES[model_type]
-  params = jax.tree.map(_host, nn.meta.unbox(params))
+  params = nn.meta.unbox(params)
+  if lora.has_adapters(params):  # LoRA adapters are folded into the kernels they adapt
+    if not cfg.lora_rank:
+      raise ConfigError("the params carry LoRA adapters but the config has lora_rank=0; pass "
+                        "the config they were trained with")
+    params, cfg = lora.merge(params, cfg)
+  params = jax.tree.map(_host, params)
   scanned = "layers" in params
   tensors = {}
   for row in fam.rows:

@@ -2,7 +2,9 @@
 
 Every parameter carries logical axis names (see `rlhf_jax.parallel` for the table that maps them
 to mesh axes). Parameters are stored in `param_dtype` and cast to the compute dtype where used;
-norms, softmax and RoPE run in float32. Not for: the layer stack, heads or the KV cache
+norms, softmax and RoPE run in float32. With `lora_rank > 0` the targeted projections add
+scale·(x·A)·B (`lora_delta`) and every base weight is frozen (`weight` stops its gradient); see
+`rlhf_jax.models.lora`. Not for: the layer stack, heads or the KV cache
 (`transformer.py`).
 """
 
@@ -23,6 +25,40 @@ def param(module: nn.Module, name: str, init, shape, axes, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
+def frozen(cfg: ModelConfig, w):
+  """A base weight as the layers read it: no gradient flows into it when LoRA adapters train."""
+  return jax.lax.stop_gradient(w) if cfg.lora_rank else w
+
+
+def weight(module: nn.Module, cfg: ModelConfig, name: str, init, shape, axes):
+  """A base weight (stored in `param_dtype`), frozen under LoRA."""
+  return frozen(cfg, param(module, name, init, shape, axes, cfg.storage_dtype))
+
+
+def lora_a_init(key, shape, dtype=jnp.float32):
+  """A ~ N(0, 1/fan_in) over the input dims (all but the last, the rank); B starts at zero."""
+  fan_in = math.prod(shape[:-1])
+  return (jax.random.normal(key, shape, jnp.float32) / math.sqrt(fan_in)).astype(dtype)
+
+
+def lora_delta(module: nn.Module, cfg: ModelConfig, name: str, x, in_shape, in_axes, out_shape,
+               out_axes):
+  """(lora_alpha / r)·(x·A)·B for projection `name`, or None when it has no adapters: off in
+  the config, or absent from the params (the base model with its adapters switched off).
+
+  x: [..., *in_shape] -> [..., *out_shape]; A: [*in_shape, r], B: [r, *out_shape]."""
+  if not cfg.lora_on(name):
+    return None
+  a_name, b_name = f"{name}_lora_a", f"{name}_lora_b"
+  if not (module.is_initializing() or module.has_variable("params", a_name)):
+    return None
+  r, dt, cd = cfg.lora_rank, cfg.storage_dtype, cfg.compute_dtype
+  a = param(module, a_name, lora_a_init, (*in_shape, r), (*in_axes, None), dt)
+  b = param(module, b_name, nn.initializers.zeros, (r, *out_shape), (None, *out_axes), dt)
+  xa = jnp.tensordot(x, a.astype(cd), axes=len(in_shape))  # [..., r]
+  return (cfg.lora_scale * jnp.tensordot(xa, b.astype(cd), axes=1)).astype(cd)
+
+
 class Norm(nn.Module):
   """RMSNorm (Llama) or LayerNorm (GPT-2), computed in float32."""
 
@@ -31,14 +67,13 @@ class Norm(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD):
     cfg = self.config
-    dt = cfg.storage_dtype
-    scale = param(self, "scale", nn.initializers.ones, (cfg.hidden,), ("norm",), dt)
+    scale = weight(self, cfg, "scale", nn.initializers.ones, (cfg.hidden,), ("norm",))
     x = x_BxTxD.astype(jnp.float32)
     if cfg.norm == "rms":
       x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.norm_eps)
       y = x * scale.astype(jnp.float32)
     else:
-      bias = param(self, "bias", nn.initializers.zeros, (cfg.hidden,), ("norm",), dt)
+      bias = weight(self, cfg, "bias", nn.initializers.zeros, (cfg.hidden,), ("norm",))
       mean = jnp.mean(x, axis=-1, keepdims=True)
       var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
       x = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
@@ -85,14 +120,18 @@ class Attention(nn.Module):
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv_cache=None, cache_index=None):
     cfg = self.config
     d, h, k, dh = cfg.hidden, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
-    dt, cd = cfg.storage_dtype, cfg.compute_dtype
+    cd = cfg.compute_dtype
 
     def proj(name, n, heads_axis):
-      w = param(self, f"{name}_kernel", _INIT, (d, n, dh), ("embed", heads_axis, "head_dim"), dt)
+      w = weight(self, cfg, f"{name}_kernel", _INIT, (d, n, dh), ("embed", heads_axis, "head_dim"))
       y = jnp.einsum("btd,dnh->btnh", x_BxTxD, w.astype(cd))
+      delta = lora_delta(self, cfg, name, x_BxTxD, (d,), ("embed",), (n, dh),
+                         (heads_axis, "head_dim"))
+      if delta is not None:
+        y = y + delta
       if cfg.qkv_bias:
-        b = param(self, f"{name}_bias", nn.initializers.zeros, (n, dh), (heads_axis, "head_dim"),
-                  dt)
+        b = weight(self, cfg, f"{name}_bias", nn.initializers.zeros, (n, dh),
+                   (heads_axis, "head_dim"))
         y = y + b.astype(cd)
       return y
 
@@ -121,10 +160,13 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(cd)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, val.astype(cd)).reshape(b, t, h, dh)
 
-    wo = param(self, "o_kernel", _INIT, (h, dh, d), ("q_heads", "head_dim", "embed"), dt)
+    wo = weight(self, cfg, "o_kernel", _INIT, (h, dh, d), ("q_heads", "head_dim", "embed"))
     y = jnp.einsum("btnh,nhd->btd", out, wo.astype(cd))
+    delta = lora_delta(self, cfg, "o", out, (h, dh), ("q_heads", "head_dim"), (d,), ("embed",))
+    if delta is not None:
+      y = y + delta
     if cfg.out_bias:
-      y = y + param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",), dt).astype(cd)
+      y = y + weight(self, cfg, "o_bias", nn.initializers.zeros, (d,), ("embed",)).astype(cd)
     return y, new_cache
 
 
@@ -136,14 +178,17 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD):
     cfg = self.config
-    d, f, dt, cd = cfg.hidden, cfg.mlp_dim, cfg.storage_dtype, cfg.compute_dtype
+    d, f, cd = cfg.hidden, cfg.mlp_dim, cfg.compute_dtype
 
     def dense(name, shape, axes, x):
-      w = param(self, f"{name}_kernel", _INIT, shape, axes, dt)
+      w = weight(self, cfg, f"{name}_kernel", _INIT, shape, axes)
       y = x @ w.astype(cd)
+      delta = lora_delta(self, cfg, name, x, shape[:1], axes[:1], shape[1:], axes[1:])
+      if delta is not None:
+        y = y + delta
       if cfg.mlp_bias:
-        y = y + param(self, f"{name}_bias", nn.initializers.zeros, shape[-1:], axes[-1:],
-                      dt).astype(cd)
+        y = y + weight(self, cfg, f"{name}_bias", nn.initializers.zeros, shape[-1:],
+                       axes[-1:]).astype(cd)
       return y
 
     up = dense("up", (d, f), ("embed", "mlp"), x_BxTxD)

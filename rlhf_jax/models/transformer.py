@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.errors import ShapeError
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.layers import _INIT, Attention, Mlp, Norm
+from rlhf_jax.models.layers import _INIT, Attention, Mlp, Norm, frozen
 
 HEADS = ("lm", "score", "lm+score")
 
@@ -147,10 +147,12 @@ class Decoder(nn.Module):
 
     # The lookup reads a gathered (replicated) table, as FSDP does for every weight: gathering
     # rows from a table sharded over both vocab and embed forces a full rematerialisation.
-    table = nn.with_logical_constraint(self.embed, (None, None))
+    embed = frozen(cfg, self.embed)
+    table = nn.with_logical_constraint(embed, (None, None))
     x = jnp.take(table, tokens_BxT, axis=0).astype(cfg.compute_dtype)
     if cfg.position == "learned":
-      x = x + jnp.take(self.pos_embed, positions_BxT, axis=0).astype(cfg.compute_dtype)
+      x = x + jnp.take(frozen(cfg, self.pos_embed), positions_BxT,
+                       axis=0).astype(cfg.compute_dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed_act"))
 
     if cfg.scan_layers:
@@ -171,7 +173,7 @@ class Decoder(nn.Module):
     if "logits" in outputs:
       if "lm" not in self.heads.split("+"):
         raise ValueError("outputs asks for 'logits' but the model has no LM head")
-      w = self.embed.T if cfg.tie_embeddings else self.lm_head
+      w = embed.T if cfg.tie_embeddings else frozen(cfg, self.lm_head)
       out["logits"] = nn.with_logical_constraint(_lm_logits(cfg, x, w),
                                                  ("batch", "length", "vocab"))
     if "scores" in outputs:
@@ -195,7 +197,7 @@ def lm_logits(cfg: ModelConfig, params, hidden_BxTxD):
   """float32[B, T, V]: the LM head applied to final hidden states (`outputs=("hidden",)`), for
   callers that need logits at a few positions only (an RL loss reads the response slots)."""
   w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  return _lm_logits(cfg, hidden_BxTxD, w)
+  return _lm_logits(cfg, hidden_BxTxD, frozen(cfg, w))
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array, heads: str = "lm"):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax import parallel, sampling
+from rlhf_jax.models import lora
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.rollout import score_rollout
@@ -44,7 +45,8 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
   TrainState's, or None with a shared value head (the critic slot then holds a placeholder)."""
   rep = parallel.replicated(mesh)
   bsh = lambda ndim: parallel.batch_sharding(mesh, rules, ndim)  # noqa: E731
-  ref_sh = param_shardings(model_cfg, mesh, rules, "lm")[1]
+  # The reference is a plain LM: the SFT params, or under LoRA the policy's base.
+  ref_sh = param_shardings(lora.base_config(model_cfg), mesh, rules, "lm")[1]
   rm_sh = [param_shardings(rm.model_cfg, mesh, rules, "score")[1] for rm in reward_models]
   cri_sh = critic_shardings if critic_shardings is not None else rep
   cri_params_sh = critic_shardings.params if critic_shardings is not None else rep

@@ -8,8 +8,10 @@ them with the reward model(s) exactly as the RL stage does, and for each n in `b
 keeps the best of the first n samples of every prompt. It reports the mean RM score, the mean
 gold score on the built-in task and the analytic KL, prints a table, and writes
 `best_of_n.json` and `best_of_n.jsonl` (the best response of each prompt at the largest n, as
-prompt/response records: the data of rejection-sampling fine-tuning, Llama 2's "RS" step, via
-`configs/sft.py --config.data.source=<that file>`).
+prompt/response records). With `best_of_n.prompts="train"` it samples the RL training prompts
+instead: the data of rejection-sampling fine-tuning, Llama 2's "RS" step, which
+`configs/sft.py:rejection_sampling` fine-tunes the SFT policy on (`configs/best_of_n.py:train`
+writes it where that preset reads it).
 """
 
 from __future__ import annotations
@@ -68,7 +70,12 @@ def run(config, workdir: str) -> dict:
   models, rule = rm_model.load_reward_models(config.reward, config)
   rm_model.check_tokenizers(models, config.data.tokenizer or config.init.hf_checkpoint)
   data = rl_data.build(config, tokenizer)
-  prompts = data.eval_prompts[:b.num_prompts or None]
+  if b.prompts not in ("eval", "train"):
+    raise ConfigError(f"best_of_n.prompts={b.prompts!r} must be 'eval' (held-out: the "
+                      "evaluation) or 'train' (rejection-sampling fine-tuning data)")
+  split = "held-out" if b.prompts == "eval" else "training"
+  prompts = (data.eval_prompts if b.prompts == "eval" else
+             data.train_prompts)[:b.num_prompts or None]
   rows = b.prompts_per_call * n_max
   if rows % parallel.batch_divisor(mesh, rules):
     raise ConfigError(f"best_of_n.prompts_per_call={b.prompts_per_call} x {n_max} samples does "
@@ -118,7 +125,7 @@ def run(config, workdir: str) -> dict:
       r.update(gold=float(g.mean()), gold_std=float(g.std()))
     results[str(n)] = r
   best = pick(rm_pn, n_max)
-  lines = [f"[best_of_n] {len(prompts)} held-out prompts, {n_max} samples each at temperature "
+  lines = [f"[best_of_n] {len(prompts)} {split} prompts, {n_max} samples each at temperature "
            f"{b.temperature}, from {config.init.from_workdir or config.init.hf_checkpoint}:",
            f"  {'n':>4} {'KL (nats)':>10} {'RM score':>10}" + (f" {'gold':>8}"
                                                            if gold_pn is not None else "")]

@@ -16,25 +16,20 @@ params (one extra forward, no gradient).
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import checkpoint, metrics, parallel, sampling
-from rlhf_jax.data import builtin_task
+from rlhf_jax import checkpoint, metrics, parallel
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import lm_data
 from rlhf_jax.dpo import steps as dpo_steps
 from rlhf_jax.errors import ConfigError
-from rlhf_jax.rl.rollout import response_outputs
-from rlhf_jax.train import jit_steps, model_init, pipeline, rl_data, rm_data
+from rlhf_jax.train import jit_steps, model_init, pipeline, rm_data
+from rlhf_jax.train import policy_eval as policy_eval_lib
 from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
 from rlhf_jax.train.state import param_shardings
-
-POLICY_EVAL_FILE = "eval_policy.json"
 
 
 def run(config, workdir: str) -> dict:
@@ -55,12 +50,14 @@ def run(config, workdir: str) -> dict:
   latest = ckpt.latest_step()
   tokenizer = lm_data.load_tokenizer(config)
   model_cfg, ref_host = model_init.build(config, tokenizer, heads="lm")
-  ref_params = jax.device_put(ref_host, param_shardings(model_cfg, mesh, rules, "lm")[1])
+  # Under LoRA the reference is the policy's own base (adapters off): None here, no copy.
+  ref_params = (None if model_cfg.lora_rank else
+                jax.device_put(ref_host, param_shardings(model_cfg, mesh, rules, "lm")[1]))
   data = rm_data.build(config, tokenizer, workdir)
   source = config.init.hf_checkpoint or config.init.from_workdir
   writer.text(describe("dpo", model_cfg, mesh, source, data.summary) +
               f"; {dc.loss} loss, beta {dc.beta}")
-  tx = make_optimizer(config.optim, tc.steps)
+  tx = make_optimizer(config.optim, tc.steps, model_cfg)
   seq_len = config.data.max_len
   batches = cmp.ComparisonIterator(data.train, tc.batch_size, data.k, seq_len, tokenizer.pad_id,
                                    config.seed, jax.process_index(), jax.process_count(),
@@ -76,7 +73,7 @@ def run(config, workdir: str) -> dict:
   batch_sh = {k: parallel.batch_sharding(mesh, rules, n)
               for k, n in dpo_steps.BATCH_NDIMS.items()}
   rep = parallel.replicated(mesh)
-  ref_sh = param_shardings(model_cfg, mesh, rules, "lm")[1]
+  ref_sh = None if ref_params is None else param_shardings(model_cfg, mesh, rules, "lm")[1]
   train_jit = jax.jit(jit_steps.with_rules(functools.partial(
       dpo_steps.train_step, model_cfg=model_cfg, tx=tx, dc=dc), rules),
       in_shardings=(shardings, ref_sh, batch_sh), out_shardings=(shardings, rep),
@@ -116,13 +113,11 @@ def run(config, workdir: str) -> dict:
       peak_flops=metrics.peak_flops(tc.peak_tflops))
   policy_eval = None
   if step >= tc.steps and config.data.tokenizer == "builtin" and config.eval_policy.prompts:
-    policy_eval = evaluate_policies(config, model_cfg, tokenizer, mesh, rules,
-                                    {"SFT (reference)": ref_params, "DPO": state.params})
-    for line in format_policy_table(policy_eval):
-      writer.text(line)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, POLICY_EVAL_FILE), "w", encoding="utf-8") as f:
-        json.dump(policy_eval, f, indent=1)
+    policies = {"SFT (reference)": dpo_steps.reference_of(state.params, ref_params),
+                "DPO": state.params}
+    policy_eval = policy_eval_lib.evaluate_policies(config, model_cfg, tokenizer, mesh, rules,
+                                                    policies)
+    policy_eval_lib.write(workdir, policy_eval, "dpo", writer)
   writer.close()
   return {"step": step, "history": history, "state": state, "policy_eval": policy_eval}
 
@@ -160,60 +155,3 @@ def implicit_reward_metrics(logp_NxK, ref_NxK, ranks_NxK, beta: float) -> dict:
           "reward_margin": float(np.mean(r[n, i] - r[n, j])),
           "logratio_chosen": float(np.mean(ratio[n, i])),
           "logratio_rejected": float(np.mean(ratio[n, j]))}
-
-
-def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict) -> dict:
-  """{name: {"gold", "gold_std", "kl", "length", "eos_rate", "prompts"}} of each policy on the
-  built-in task's held-out RL prompts; the KL is to the first policy (the reference), summed k1
-  over the response at the sampling temperature, as the RL stage reports it."""
-  e = config.eval_policy
-  prompts = rl_data.builtin_prompts(e.prompts, "eval", config.seed)
-  ref = next(iter(policies.values()))
-  scfg = sampling.SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature)
-
-  def logps(params, tokens, mask, width):
-    return response_outputs(model_cfg, params, tokens, mask, width, e.temperature)["logprobs"]
-
-  logps_jit = jax.jit(logps, static_argnums=3)
-  out = {}
-  with jax.set_mesh(mesh):
-    for name, params in policies.items():
-      gold, kl, length, eos = [], [], [], []
-      for s in range(0, len(prompts), e.batch_size):
-        part = prompts[s:s + e.batch_size]
-        padded = part + [part[-1]] * (e.batch_size - len(part))
-        tok, mask = sampling.left_pad(padded, tokenizer.pad_id, e.max_prompt_len)
-        dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
-        gen = sampling.generate(params, dev["t"], dev["m"],
-                                jax.random.PRNGKey(config.seed + 2024 + s), model_cfg=model_cfg,
-                                cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        full_t = jnp.concatenate([dev["t"], gen["tokens"]], axis=1)
-        full_m = jnp.concatenate([dev["m"], gen["mask"]], axis=1)
-        rp = parallel.to_host(logps_jit(ref, full_t, full_m, tok.shape[1]))
-        lp = rp if params is ref else parallel.to_host(
-            logps_jit(params, full_t, full_m, tok.shape[1]))
-        resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
-        n = len(part)
-        g = builtin_task.gold_scores(np.where(mask, tok, tokenizer.pad_id),
-                                     np.where(rmask, resp, tokenizer.pad_id))
-        gold.append(np.asarray(g)[:n])
-        kl.append(np.where(rmask, lp - rp, 0.0).sum(axis=1)[:n])
-        length.append(rmask.sum(axis=1)[:n])
-        eos.append(np.any(rmask & (resp == tokenizer.eos_id), axis=1)[:n])
-      g = np.concatenate(gold)
-      out[name] = {"gold": float(g.mean()), "gold_std": float(g.std()),
-                   "kl": float(np.concatenate(kl).mean()),
-                   "length": float(np.concatenate(length).mean()),
-                   "eos_rate": float(np.concatenate(eos).mean()), "prompts": len(g)}
-  return out
-
-
-def format_policy_table(res: dict) -> list[str]:
-  names = list(res)
-  lines = [f"[dpo] held-out prompts ({res[names[0]]['prompts']}):",
-           f"  {'':<30}" + "".join(f"{n:>20}" for n in names)]
-  for label, key in (("gold score (mean)", "gold"), ("gold score (std)", "gold_std"),
-                     ("KL to the reference (nats)", "kl"), ("response length", "length"),
-                     ("EOS rate", "eos_rate")):
-    lines.append(f"  {label:<30}" + "".join(f"{res[n][key]:>20.3f}" for n in names))
-  return lines

@@ -4,6 +4,9 @@
 checkpoint in the workdir if there is one; trains with the jitted LM step; evaluates held-out
 loss and prints samples; checkpoints; and writes `model.json` so later stages (reward model, RL)
 can find the policy. Pretraining puts the loss on every token; SFT on response tokens only.
+An SFT config with an `eval_policy` section (rejection-sampling fine-tuning) ends with the
+policy beside its starting one on the built-in task's held-out RL prompts
+(`rlhf_jax.train.policy_eval`, `eval_policy.json`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from rlhf_jax import checkpoint, metrics, parallel
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.train import model_init
+from rlhf_jax.train import policy_eval as policy_eval_lib
 from rlhf_jax.train.lm_steps import make_lm_steps
 from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
 
@@ -39,7 +43,7 @@ def run(config, workdir: str) -> dict:
   data = lm_data.build(config, tokenizer, model_cfg)
   source = config.init.hf_checkpoint or config.init.from_workdir or "scratch"
   writer.text(describe(stage, model_cfg, mesh, source, data.describe()))
-  tx = make_optimizer(config.optim, config.train.steps)
+  tx = make_optimizer(config.optim, config.train.steps, model_cfg)
   state, shardings = restore_or_create(
       stage=stage, ckpt=ckpt, latest=latest, model_cfg=model_cfg, tx=tx, mesh=mesh, rules=rules,
       seed=config.seed, init_params=init_params, batches=data.train_iter, writer=writer)
@@ -67,7 +71,16 @@ def run(config, workdir: str) -> dict:
       put=lambda b: parallel.put_batch(b, mesh, rules), evaluate=evaluate, ckpt=ckpt, tc=tc,
       writer=writer, flops_per_token=model_cfg.flops_per_token(config.data.max_len),
       peak_flops=metrics.peak_flops(tc.peak_tflops))
+  policy_eval = None
+  if ("eval_policy" in config and config.eval_policy.prompts and step >= config.train.steps
+      and config.data.tokenizer == "builtin" and config.init.from_workdir):
+    # E.g. rejection-sampling fine-tuning: the result beside the policy it started from.
+    _, start = model_init.load_workdir_params(config.init.from_workdir, config, "lm")
+    policies = {"start (reference)": start, stage.upper(): state.params}
+    policy_eval = policy_eval_lib.evaluate_policies(config, model_cfg, tokenizer, mesh,
+                                                    rules, policies)
+    policy_eval_lib.write(workdir, policy_eval, stage, writer)
   writer.close()
-  return {"step": step, "history": history, "state": state,
+  return {"step": step, "history": history, "state": state, "policy_eval": policy_eval,
           "compiled": {"train": train_step.jitted, "eval": eval_step.jitted}}
 

@@ -20,15 +20,18 @@ import jax
 import numpy as np
 
 from rlhf_jax import metrics
+from rlhf_jax.models import lora
 from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
 
 
-def make_optimizer(section, total_steps: int):
+def make_optimizer(section, total_steps: int, model_cfg=None):
   """The optax transformation of an optim config section; unless the section sets
-  `total_steps`, the schedule spans `total_steps` optimizer steps."""
+  `total_steps`, the schedule spans `total_steps` optimizer steps. A model with LoRA adapters
+  (`model_cfg.lora_rank > 0`) trains its adapters and score head only."""
   opt_d = dict(section)
   opt_d["total_steps"] = opt_d.get("total_steps") or total_steps
-  return OptimConfig.from_dict(opt_d).make()
+  lora_on = model_cfg is not None and model_cfg.lora_rank > 0
+  return OptimConfig.from_dict(opt_d).make(lora.trainable if lora_on else None)
 
 
 def restore_or_create(*, stage: str, ckpt, latest, model_cfg, tx, mesh, rules, seed: int,
@@ -46,9 +49,20 @@ def restore_or_create(*, stage: str, ckpt, latest, model_cfg, tx, mesh, rules, s
 
 def describe(stage: str, model_cfg, mesh, source: str, data_summary: str) -> str:
   return (f"[{stage}] model: {model_cfg.num_params() / 1e6:.2f}M params, "
-          f"{model_cfg.num_layers} layers, hidden {model_cfg.hidden}, from {source}; mesh "
+          f"{model_cfg.num_layers} layers, hidden {model_cfg.hidden}, from {source}"
+          f"{lora_summary(model_cfg)}; mesh "
           f"{dict(mesh.shape)} on {len(mesh.devices.flat)} {jax.devices()[0].platform} "
           f"device(s); {data_summary}")
+
+
+def lora_summary(model_cfg) -> str:
+  """", LoRA rank r on q,v: N trainable adapter params (frozen base)" or ""."""
+  if not model_cfg.lora_rank:
+    return ""
+  n = model_cfg.num_lora_params()
+  return (f", LoRA rank {model_cfg.lora_rank} (alpha {model_cfg.lora_alpha:g}) on "
+          f"{model_cfg.lora_targets}: {n / 1e6:.3f}M adapter params "
+          f"({100 * n / model_cfg.num_params():.2f}%), base frozen")
 
 
 def train_loop(*, stage: str, state, train_step: Callable, batches, put: Callable,

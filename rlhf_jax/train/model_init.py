@@ -5,7 +5,9 @@ or the latest params of an earlier stage's workdir (pretrain -> SFT -> reward mo
 randomly, born sharded". `heads` is what this stage trains ("lm" for pretrain/SFT, "score" for a
 reward model): a source with other heads is adapted by `adapt_heads` (an SFT policy becomes a
 reward model by dropping its LM head and gaining a fresh scalar head). Every stage writes
-`model.json` (`write_model_json`) so the next one knows the shape and heads of its params.
+`model.json` (`write_model_json`) so the next one knows the shape and heads of its params. A
+model section with `lora_rank > 0` gives the loaded model fresh LoRA adapters
+(`rlhf_jax.models.lora`); a source trained with adapters is read merged.
 Not for: optimizer state or resuming the same stage (see lm_stage).
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from rlhf_jax import checkpoint, parallel
 from rlhf_jax.errors import ConfigError, DataError
-from rlhf_jax.models import ModelConfig
+from rlhf_jax.models import ModelConfig, lora
 from rlhf_jax.train.state import param_shardings
 
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
@@ -43,7 +45,13 @@ def build(config, tokenizer, heads: str = "lm", load_params: bool = True):
     model_cfg, params = load_workdir_params(config.init.from_workdir, config, heads,
                                             load_params)
   else:
-    model_cfg, params = ModelConfig.from_dict(model_d), None
+    model_cfg, params = ModelConfig.from_dict(model_d), None  # random init, adapters included
+  if config.init.hf_checkpoint or config.init.from_workdir:
+    # This stage's LoRA settings apply to whatever it starts from (a source trained with LoRA
+    # arrives merged): fresh adapters, B = 0, so the start computes what the source computes.
+    model_cfg = lora.configure(model_cfg, config.model)
+    if params is not None:
+      params = lora.attach(params, model_cfg, heads, config.seed)
   if tokenizer.vocab_size > model_cfg.vocab_size:
     raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is "
                       f"{model_cfg.vocab_size}")
@@ -63,7 +71,7 @@ def read_model_json(workdir: str) -> dict:
 
 def load_workdir_params(workdir: str, config, heads: str = "lm", load_params: bool = True):
   """(ModelConfig, params) from an earlier stage's workdir, read onto this run's mesh and
-  adapted to `heads`."""
+  adapted to `heads`. A stage trained with LoRA adapters is returned merged: a plain model."""
   info = read_model_json(workdir)
   d, src_heads = info["model"], info.get("heads", "lm")
   runtime = {k: v for k, v in dict(config.model).items() if k in _RUNTIME_FIELDS and v is not None}
@@ -72,7 +80,7 @@ def load_workdir_params(workdir: str, config, heads: str = "lm", load_params: bo
     d["rope_llama3_scaling"] = tuple(d["rope_llama3_scaling"])
   model_cfg = ModelConfig(**d)
   if not load_params:
-    return model_cfg, None
+    return lora.base_config(model_cfg), None
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
 
@@ -83,6 +91,8 @@ def load_workdir_params(workdir: str, config, heads: str = "lm", load_params: bo
                     "its first save?)")
   params = ckpt.restore_params(abstract, shardings)
   ckpt.close()
+  if model_cfg.lora_rank:
+    params, model_cfg = lora.merge(params, model_cfg)
   return model_cfg, adapt_heads(params, model_cfg, src_heads, heads, config.seed)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from rlhf_jax import checkpoint, metrics, parallel, sampling
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError, DataError
+from rlhf_jax.models import lora
 from rlhf_jax.reward.model import check_tokenizers, load_reward_models
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import ppo
@@ -39,7 +40,7 @@ from rlhf_jax.rl.config import ALGORITHMS, RLConfig
 from rlhf_jax.rl.losses import explained_variance
 from rlhf_jax.rl.compiled import compile_rl
 from rlhf_jax.train import model_init, pipeline, rl_data, rl_state
-from rlhf_jax.train.loop import make_optimizer
+from rlhf_jax.train.loop import lora_summary, make_optimizer
 from rlhf_jax.train.state import TrainState, param_shardings
 
 SUMMARY_FILE = "summary.json"
@@ -74,9 +75,11 @@ def run(config, workdir: str) -> dict:
   if not (config.init.from_workdir or config.init.hf_checkpoint):
     raise ConfigError("RL starts from a policy: set init.from_workdir (an SFT workdir) or "
                       "init.hf_checkpoint")
-  model_cfg, ref_params = model_init.build(config, tokenizer, heads="lm")
-  _, ref_sh = param_shardings(model_cfg, mesh, rules, "lm")
-  ref_params = jax.device_put(ref_params, ref_sh)
+  model_cfg, start_params = model_init.build(config, tokenizer, heads="lm")
+  if model_cfg.lora_rank:
+    ref_params = None  # the policy's own base with its adapters off: no second copy
+  else:
+    ref_params = jax.device_put(start_params, param_shardings(model_cfg, mesh, rules, "lm")[1])
   if cfg.max_new_tokens + config.data.max_prompt_len > model_cfg.max_seq_len:
     raise ConfigError(f"data.max_prompt_len={config.data.max_prompt_len} + "
                       f"rl.max_new_tokens={cfg.max_new_tokens} exceeds the model's "
@@ -91,14 +94,24 @@ def run(config, workdir: str) -> dict:
     if cfg.critic_init == "reward":
       critic_cfg, critic_params = model_init.load_workdir_params(
           reward_models[0].workdir, config, heads="score")
+      critic_cfg = lora.configure(critic_cfg, config.model)  # LoRA trains the critic's too
+      critic_params = lora.attach(critic_params, critic_cfg, "score", config.seed)
     else:
       critic_cfg = model_cfg
-      critic_params = model_init.adapt_heads(ref_params, model_cfg, "lm", "score", config.seed)
-  policy_params = model_init.adapt_heads(ref_params, model_cfg, "lm", heads, config.seed)
+      critic_params = model_init.adapt_heads(start_params, model_cfg, "lm", "score", config.seed)
+  policy_params = model_init.adapt_heads(start_params, model_cfg, "lm", heads, config.seed)
+  del start_params
+
+  def reference(st):
+    """The frozen reference's params: the SFT copy, or under LoRA the policy's base."""
+    if ref_params is not None:
+      return ref_params
+    return model_init.adapt_heads(lora.base_params(st.params), model_cfg, heads, "lm",
+                                  config.seed)
 
   steps = cfg.iterations * cfg.epochs * cfg.minibatches
-  tx_policy = make_optimizer(config.optim, steps)
-  tx_critic = make_optimizer(config.critic_optim, steps)
+  tx_policy = make_optimizer(config.optim, steps, model_cfg)
+  tx_critic = make_optimizer(config.critic_optim, steps, critic_cfg)
   data = rl_data.build(config, tokenizer)
   ptx = (rl_data.PtxBatches(config.pipeline.sft if "pipeline" in config else None, tokenizer,
                             cfg.ptx_batch, cfg.epochs * cfg.minibatches, config.seed)
@@ -119,7 +132,8 @@ def run(config, workdir: str) -> dict:
   src = config.init.from_workdir or config.init.hf_checkpoint
   writer.text(
       f"[{stage}] policy {model_cfg.num_params() / 1e6:.2f}M params from {src} (the frozen "
-      f"reference too); critic: {cfg.critic}"
+      f"reference too{'; adapters off' if model_cfg.lora_rank else ''})"
+      f"{lora_summary(model_cfg)}; critic: {cfg.critic}"
       + (f" ({critic_cfg.num_params() / 1e6:.2f}M, from the {cfg.critic_init} model)"
          if critic_cfg else " value head") + f"; reward: {', '.join(r.name for r in reward_models)}"
       f" ({rule.kind}); mesh {dict(mesh.shape)} on {len(mesh.devices.flat)} "
@@ -148,7 +162,7 @@ def run(config, workdir: str) -> dict:
     gen = fns.generate(st.params, dev["t"], dev["m"], jax.device_put(rng, rep))
     jax.block_until_ready(gen)
     t1 = time.perf_counter()
-    ro = fns.score(st.params, ref_params, critic_params_of(st), rm_params, st.kl_coef, dev["t"],
+    ro = fns.score(st.params, reference(st), critic_params_of(st), rm_params, st.kl_coef, dev["t"],
                    dev["m"], gen["tokens"], gen["mask"])
     jax.block_until_ready(ro)
     t2 = time.perf_counter()

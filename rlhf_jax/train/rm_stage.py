@@ -48,7 +48,7 @@ def run(config, workdir: str) -> dict:
   data = rm_data.build(config, tokenizer, workdir)
   source = config.init.hf_checkpoint or config.init.from_workdir or "scratch"
   writer.text(describe("reward", model_cfg, mesh, source, data.summary))
-  tx = make_optimizer(config.optim, config.train.steps)
+  tx = make_optimizer(config.optim, config.train.steps, model_cfg)
   seq_len = config.data.max_len
   batches = cmp.ComparisonIterator(data.train, tc.batch_size, data.k, seq_len, tokenizer.pad_id,
                                    config.seed, jax.process_index(), jax.process_count())

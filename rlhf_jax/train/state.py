@@ -64,14 +64,22 @@ class OptimConfig:
         0.0, self.learning_rate, self.warmup_steps, decay_steps,
         end_value=self.learning_rate * self.final_lr_fraction)
 
-  def make(self) -> optax.GradientTransformation:
+  def make(self, trainable=None) -> optax.GradientTransformation:
+    """The transformation; `trainable` (params -> a bool per leaf, e.g. `lora.trainable`)
+    restricts it to those leaves: the others get zero updates, no moments, no weight decay, and
+    the clipping norm is over the trained leaves only."""
     def decay_mask(params):
       return jax.tree.map(lambda p: p.ndim >= 2, params)
 
     parts = [optax.clip_by_global_norm(self.grad_clip_norm)] if self.grad_clip_norm else []
     parts.append(optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, eps=self.eps,
                              weight_decay=self.weight_decay, mask=decay_mask))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if trainable is None:
+      return tx
+    return optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params)))
 
 
 def _boxed_params_fn(model_cfg: ModelConfig, heads: str):
@@ -90,15 +98,35 @@ def param_shardings(model_cfg: ModelConfig, mesh, rules, heads: str = "lm"):
           parallel.logical_shardings(abstract_boxed, mesh, rules))
 
 
+def _opt_state_shardings(abstract_opt, abstract_params, param_sh, rep):
+  """Moment buffers shard like their parameter; counters and the like are replicated.
+
+  A buffer is matched to its parameter by the trailing dict keys of its path (optax nests the
+  moments as params-shaped trees under its own state nodes) and its shape; this also covers
+  masked states (LoRA's frozen leaves have no buffers), which `optax.tree_map_params` does not."""
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  by_path = {tuple(k.key for k in path): (x.shape, sh)
+             for (path, x), sh in zip(flat, jax.tree.leaves(param_sh))}
+
+  def pick(path, x):
+    keys = []
+    for k in reversed(path):
+      if not isinstance(k, jax.tree_util.DictKey):
+        break
+      keys.append(k.key)
+    hit = by_path.get(tuple(reversed(keys)))
+    return hit[1] if hit is not None and hit[0] == x.shape else rep
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
 def state_shardings(model_cfg: ModelConfig, tx, mesh, rules, heads: str = "lm"):
   """(abstract TrainState, its NamedShardings, boxed-params init fn), allocating nothing."""
   abstract_params, param_sh = param_shardings(model_cfg, mesh, rules, heads)
   boxed_params = _boxed_params_fn(model_cfg, heads)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   rep = parallel.replicated(mesh)
-  # Moment buffers shard like their parameter; counters and the like are replicated.
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: rep)
+  opt_sh = _opt_state_shardings(abstract_opt, abstract_params, param_sh, rep)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                         opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
   shardings = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
