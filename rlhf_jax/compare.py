@@ -106,10 +106,10 @@ def collect(configs_by_method: dict) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-  lines = [f"{'method':<24}{'gold':>8}{'KL (nats)':>11}  samples drawn by the method",
+  lines = [f"{'method':<28}{'gold':>8}{'KL (nats)':>11}  samples drawn by the method",
            "-" * 100]
   for r in rows:
-    lines.append(f"{r['method']:<24}{r['gold']:>8.3f}{r['kl']:>11.2f}  {r['samples']}")
+    lines.append(f"{r['method']:<28}{r['gold']:>8.3f}{r['kl']:>11.2f}  {r['samples']}")
   return "\n".join(lines)
 
 

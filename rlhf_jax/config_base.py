@@ -20,8 +20,9 @@ from rlhf_jax.models.config import ModelConfig
 def model_section(preset: str = "tiny") -> mc.ConfigDict:
   """`preset` names a shape in rlhf_jax.models.config.PRESETS; any other field overrides it.
 
-  When `init.hf_checkpoint` is set, the checkpoint's config.json decides the shape and only the
-  runtime fields (dtype, param_dtype, remat, scan_layers) apply.
+  When `init.hf_checkpoint` or `init.from_workdir` is set, the source decides the shape; only
+  the runtime fields (dtype, param_dtype, remat, scan_layers, score_pooling) and the LoRA
+  fields (lora_rank, lora_alpha, lora_targets) apply.
   """
   fields = {
       "preset": preset,  # a PRESETS name: tiny, small, gpt2, qwen05b, llama1b

@@ -212,6 +212,18 @@ def test_evaluate_rewards_by_hand():
   assert ev["gold_pairs"] == 4
   assert ev["gold_agreement"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
   assert sum(row["pairs"] for row in ev["calibration_table"]) == 4
+  # Against longer-wins, pairs where neither judge ties: only row 1's (0 > 2) splits them
+  # (reward right, length wrong).
+  assert (ev["model_only_right"], ev["baseline_only_right"], ev["paired_p_value"]) == (1, 0, 1.0)
+
+
+def test_paired_sign_test_is_the_exact_binomial():
+  # 8 against 2: P(X <= 2 | 10, 1/2) = (1 + 10 + 45) / 1024, doubled.
+  assert evaluate.paired_sign_test(8, 2)["p_value"] == pytest.approx(2 * 56 / 1024)
+  assert evaluate.paired_sign_test(2, 8)["p_value"] == pytest.approx(2 * 56 / 1024)
+  assert evaluate.paired_sign_test(5, 5)["p_value"] == 1.0
+  assert evaluate.paired_sign_test(0, 0)["p_value"] == 1.0
+  assert evaluate.paired_sign_test(30, 5)["p_value"] < 1e-4
 
 
 def test_lm_regulariser_adds_the_next_token_loss_of_every_row():

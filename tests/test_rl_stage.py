@@ -439,7 +439,7 @@ def test_reward_model_with_lora_reads_back_merged(upstream, tmp_path):
   from rlhf_jax.reward.losses import row_rewards  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train import model_init  # pylint: disable=g-import-not-at-top
   c = _pipeline_config(upstream).pipeline.reward
-  c.model.update(lora_rank=4, lora_alpha=16.0)
+  c.model.update(lora_rank=4, lora_alpha=16.0, score_pooling="sum")  # over the SFT source's
   c.train.steps = 6
   c.optim.learning_rate = 3e-3
   out = stages.run(c, str(tmp_path))
@@ -448,6 +448,7 @@ def test_reward_model_with_lora_reads_back_merged(upstream, tmp_path):
   sft = model_init.load_workdir_params(os.path.join(upstream, "sft"), c, "score")[1]
   _assert_base_is(params, {k: v for k, v in sft.items() if not k.startswith("score_")})
   info = model_init.read_model_json(str(tmp_path))
+  assert info["model"]["score_pooling"] == "sum" and info["model"]["lora_rank"] == 4
   cfg = model_init.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                                   for k, v in info["model"].items()})
   merged_cfg, merged = model_init.load_workdir_params(str(tmp_path), c, "score")

@@ -172,6 +172,8 @@ def table(records: list[dict]) -> str:
                    f"{f['update_s']:.3f} s" + (f"; peer {peer['impl']}" if peer else ""))
     if f.get("peak_memory_gib"):
       notes.append(f"peak {f['peak_memory_gib']:.1f} GiB")
+    if f.get("live_memory_gib"):
+      notes.append(f"held {f['live_memory_gib']:.2f} GiB")
     label = f"{r['key']} [{fig}]"
     bs = "" if b is None else f"{b:,.3f}" if b < 100 else f"{b:,.0f}"
     as_ = f"{a:,.3f}" if a < 100 else f"{a:,.0f}"

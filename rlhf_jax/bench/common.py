@@ -63,6 +63,13 @@ def jax_peak_memory_gib() -> float | None:
   return None if peak is None else peak / 2**30
 
 
+def jax_live_memory_gib() -> float:
+  """Bytes of every live JAX array, over all devices (any backend): what a run holds between
+  steps (params, optimizer state, frozen models), without a step's temporaries."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return sum(a.nbytes for a in jax.live_arrays()) / 2**30
+
+
 def record(what: str, impl: str, device: str, setting: dict, figures: dict,
            versions_: dict) -> dict:
   """One measurement. `key` is what a peer's record must share to be compared with ours."""

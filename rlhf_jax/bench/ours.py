@@ -25,7 +25,8 @@ import numpy as np
 
 from rlhf_jax import parallel
 from rlhf_jax.bench import hardware
-from rlhf_jax.bench.common import jax_device, jax_peak_memory_gib, record, time_calls, versions
+from rlhf_jax.bench.common import (jax_device, jax_live_memory_gib, jax_peak_memory_gib, record,
+                                   time_calls, versions)
 from rlhf_jax.models import PRESETS, ModelConfig
 
 _VERSIONS = ("jax", "jaxlib", "flax", "optax")
@@ -201,7 +202,7 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   med = {k: statistics.median(r[k] for r in times) for k in times[0]}
   figures = dict(med, compile_iteration_s=compile_s,
                  generate_tokens_per_s=batch * new / med["generate_s"],
-                 peak_memory_gib=jax_peak_memory_gib())
+                 peak_memory_gib=jax_peak_memory_gib(), live_memory_gib=jax_live_memory_gib())
   setting = {"shape": shape, "algorithm": "ppo", "batch": batch, "prompt": prompt, "new": new,
              "sampled_tokens": batch * new, "sampled_tokens_measured": min(sampled),
              "epochs": epochs, "minibatches": minibatches, "remat": cfg.remat,

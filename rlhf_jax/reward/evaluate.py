@@ -3,7 +3,9 @@
 Inputs are per-comparison arrays: rewards [N, K], ranks [N, K] (0 = best, -1 = no response),
 response lengths [N, K] in tokens, and, on the built-in task, gold scores [N, K]. Reported:
 - pairwise accuracy over every ordered pair (a reward tie counts half);
-- the "longer response wins" and "shorter response wins" baselines on the same pairs;
+- the "longer response wins" and "shorter response wins" baselines on the same pairs, and the
+  pairs where only the reward model or only the better baseline is right, with the exact
+  McNemar p-value of that split;
 - mean and std of the rewards;
 - calibration: pairs binned by reward gap |r_i − r_j|, with the accuracy in each bin beside the
   Bradley–Terry prediction σ(gap) — a calibrated model's two columns agree;
@@ -13,6 +15,8 @@ Not for: the gold ceiling of the simulated labelers (`rlhf_jax.data.labelers`).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -38,6 +42,16 @@ def _win_rate(a: np.ndarray, b: np.ndarray) -> float:
   if a.size == 0:
     return float("nan")
   return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+def paired_sign_test(model_only: int, baseline_only: int) -> dict:
+  """McNemar's exact test on the pairs where exactly one of two judges is right: the two-sided
+  binomial p-value of a split at least this uneven if each such pair were a fair coin."""
+  m = model_only + baseline_only
+  k = min(model_only, baseline_only)
+  tail = sum(math.comb(m, x) for x in range(k + 1)) / 2**m if m else 1.0
+  return {"model_only": model_only, "baseline_only": baseline_only,
+          "p_value": min(1.0, 2 * tail)}
 
 
 def calibration_table(gaps: np.ndarray, correct: np.ndarray, bins: int = 5) -> list[dict]:
@@ -78,6 +92,14 @@ def evaluate_rewards(rewards_NxK, ranks_NxK, lengths_NxK, gold_NxK=None, bins: i
   out["length_baseline"] = max(out["longer_wins"], out["shorter_wins"])
   gaps = np.abs(ri - rj)
   correct = (ri > rj) + 0.5 * (ri == rj)
+  # The same pairs judged by the better length rule: is the reward model's edge more than luck?
+  li, lj = lens[n, i], lens[n, j]
+  base = (li > lj) if out["longer_wins"] >= out["shorter_wins"] else (li < lj)
+  decided = (ri != rj) & (li != lj)
+  test = paired_sign_test(int(np.sum(decided & (ri > rj) & ~base)),
+                          int(np.sum(decided & (ri < rj) & base)))
+  out.update(model_only_right=test["model_only"], baseline_only_right=test["baseline_only"],
+             paired_p_value=test["p_value"])
   out["calibration_table"] = calibration_table(gaps, correct, bins)
   if gold_NxK is not None:
     g = np.asarray(gold_NxK, np.float64)
@@ -101,6 +123,10 @@ def format_report(ev: dict, title: str = "reward model") -> str:
            f"length baselines: longer wins {ev['longer_wins']:.4f}, shorter wins "
            f"{ev['shorter_wins']:.4f}; rewards mean {ev['reward_mean']:+.3f} std "
            f"{ev['reward_std']:.3f}"]
+  if "paired_p_value" in ev:
+    lines.append(f"[{title}] against the better length baseline on the same pairs: the reward "
+                 f"model alone right on {ev['model_only_right']}, the baseline alone on "
+                 f"{ev['baseline_only_right']} (exact McNemar p = {ev['paired_p_value']:.3g})")
   if "gold_agreement" in ev:
     lines.append(f"[{title}] agreement with the gold preference: {ev['gold_agreement']:.4f} on "
                  f"{ev['gold_pairs']} pairs (labels vs gold: {ev['label_gold_agreement']:.4f}"

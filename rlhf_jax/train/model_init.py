@@ -25,7 +25,9 @@ from rlhf_jax.errors import ConfigError, DataError
 from rlhf_jax.models import ModelConfig, lora
 from rlhf_jax.train.state import param_shardings
 
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
+# Fields a stage's own model section sets over the source's (when set): how it computes, and how
+# a reward model it trains pools its score head.
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "score_pooling")
 
 
 def build(config, tokenizer, heads: str = "lm", load_params: bool = True):

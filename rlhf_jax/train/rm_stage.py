@@ -153,7 +153,8 @@ def _finish(config, workdir, data, rewards, writer):
       ev["by_group"][g] = {k: v for k, v in evg.items() if not k.endswith("_table")}
       writer.text(f"  {g:<28} {evg['pairs']:5d} pairs  accuracy {evg['accuracy']:.4f}  longer "
                   f"wins {evg['longer_wins']:.4f}  shorter wins {evg['shorter_wins']:.4f}  "
-                  f"margin over the better baseline {evg['accuracy'] - evg['length_baseline']:+.4f}")
+                  f"margin over the better baseline {evg['accuracy'] - evg['length_baseline']:+.4f}"
+                  f" (paired p {evg['paired_p_value']:.2g})")
   # Normalisation on SFT-policy samples: on the built-in task the eval responses are exactly
   # that; otherwise the held-out responses stand in for them (a later PPO run may refit).
   present = all_ranks >= 0
