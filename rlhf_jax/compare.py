@@ -95,12 +95,13 @@ def collect(configs_by_method: dict) -> list[dict]:
                  "samples": f"0 new; {c.train.steps} steps x {c.train.batch_size} of the RM's "
                             "ranked SFT samples"})
   if "rejection_sampling" in configs:
+    from rlhf_jax.train.best_of_n_stage import parse_ns  # pylint: disable=g-import-not-at-top
     data_cfg, c = configs_by_method["rejection_sampling"][0], configs["rejection_sampling"]
     pe = _load(os.path.join(c.workdir, "eval_policy.json"))["SFT"]
     b = data_cfg.best_of_n
     prompts = b.num_prompts or data_cfg.data.builtin_train
     rows.append({"method": "rejection sampling (RS-FT)", "gold": pe["gold"], "kl": pe["kl"],
-                 "samples": f"{prompts * int(str(b.ns).split(',')[-1]):,} ({prompts:,} train "
+                 "samples": f"{prompts * parse_ns(b.ns)[-1]:,} ({prompts:,} train "
                             f"prompts x {b.ns}, best kept); {c.train.steps} SFT steps"})
   return rows
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rlhf_jax import compare, config_base
+from rlhf_jax import compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -36,18 +36,18 @@ def is_adapter(name: str) -> bool:
   return name.endswith(SUFFIXES)
 
 
-def _names(params):
-  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-    yield str(getattr(path[-1], "key", path[-1]))
+def _leaf_name(path) -> str:
+  """The last key of a pytree path: the parameter's own name ("q_kernel", "q_lora_a", ...)."""
+  return str(getattr(path[-1], "key", path[-1]))
 
 
 def has_adapters(params) -> bool:
-  return any(is_adapter(n) for n in _names(params))
+  return any(is_adapter(_leaf_name(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
 
 
 def num_adapter_params(params) -> int:
   return sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
-             if is_adapter(str(getattr(path[-1], "key", path[-1]))))
+             if is_adapter(_leaf_name(path)))
 
 
 def base_params(params):
@@ -59,9 +59,11 @@ def base_params(params):
 
 def trainable(params):
   """A bool per leaf: True for adapters and a score head, False for the frozen base."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: (lambda n: is_adapter(n) or n in SCORE_HEAD)(
-          str(getattr(path[-1], "key", path[-1]))), params)
+  def trains(path, _):
+    name = _leaf_name(path)
+    return is_adapter(name) or name in SCORE_HEAD
+
+  return jax.tree_util.tree_map_with_path(trains, params)
 
 
 def base_config(cfg: ModelConfig) -> ModelConfig:

@@ -30,7 +30,7 @@ from rlhf_jax.reward.model import raw_rewards
 from rlhf_jax.rl import advantages as adv_lib
 from rlhf_jax.rl import group_advantages as group_lib
 from rlhf_jax.rl import kl as kl_lib
-from rlhf_jax.rl.config import RLConfig
+from rlhf_jax.rl.config import GROUP_ALGORITHMS, RLConfig
 
 
 def response_outputs(model_cfg, params, tokens_BxL, mask_BxL, prompt_width: int,
@@ -94,7 +94,7 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
   kl_tok = jnp.where(resp_mask, kl_lib.kl_per_token(logp, ref_logp, cfg.kl_estimator), 0.0)
   beta_reward = beta if cfg.kl_penalty == "reward" else jnp.zeros_like(beta)
   rewards = adv_lib.token_rewards(score, kl_tok, resp_mask, beta_reward)
-  if cfg.algorithm in ("grpo", "rloo"):
+  if cfg.algorithm in GROUP_ALGORITHMS:
     seq = jnp.sum(rewards, axis=1).reshape(-1, cfg.group_size)  # [P, G], prompt-major rows
     a = (group_lib.grpo_advantages(seq, cfg.group_scale) if cfg.algorithm == "grpo"
          else group_lib.rloo_advantages(seq))

@@ -57,9 +57,8 @@ def pick(rm_scores_PxN: np.ndarray, n: int) -> np.ndarray:
 def run(config, workdir: str) -> dict:
   if config.stage != "best_of_n":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'best_of_n'")
-  if not (config.init.from_workdir or config.init.hf_checkpoint):
-    raise ConfigError("best_of_n: set init.from_workdir (the policy to sample) or "
-                      "init.hf_checkpoint")
+  model_init.require_source(
+      config, "best_of_n: set init.from_workdir (the policy to sample) or init.hf_checkpoint")
   b = config.best_of_n
   ns = parse_ns(b.ns)
   n_max = ns[-1]

@@ -21,33 +21,28 @@ import os
 import jax
 import numpy as np
 
-from rlhf_jax import checkpoint, metrics, parallel
+from rlhf_jax import metrics, parallel
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import lm_data
 from rlhf_jax.dpo import steps as dpo_steps
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.train import jit_steps, model_init, pipeline, rm_data
 from rlhf_jax.train import policy_eval as policy_eval_lib
-from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
+from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, stage_setup, train_loop
 from rlhf_jax.train.state import param_shardings
 
 
 def run(config, workdir: str) -> dict:
   if config.stage != "dpo":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'dpo'")
-  if not (config.init.from_workdir or config.init.hf_checkpoint):
-    raise ConfigError("DPO starts from a policy: set init.from_workdir (an SFT workdir) or "
-                      "init.hf_checkpoint; it is also the frozen reference")
+  model_init.require_source(
+      config, "DPO starts from a policy: set init.from_workdir (an SFT workdir) or "
+              "init.hf_checkpoint; it is also the frozen reference")
   dc = dpo_steps.DPOConfig.from_dict(config.dpo)
   pipeline.run_upstream(config)
   config = _resolve_source(config)
   tc = config.train
-  mesh = parallel.make_mesh(dict(config.mesh))
-  rules = parallel.rules_from_config(config.sharding_rules)
-  parallel.check_batch_size(tc.batch_size, mesh, rules)
-  writer = metrics.MetricWriter(workdir, prefix="dpo")
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
-  latest = ckpt.latest_step()
+  mesh, rules, writer, ckpt, latest = stage_setup(config, workdir, "dpo")
   tokenizer = lm_data.load_tokenizer(config)
   model_cfg, ref_host = model_init.build(config, tokenizer, heads="lm")
   # Under LoRA the reference is the policy's own base (adapters off): None here, no copy.

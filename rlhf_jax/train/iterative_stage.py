@@ -109,7 +109,7 @@ def run(config, workdir: str) -> dict:
         if not os.path.exists(path):
           print(f"[iterative] round {r}: the current policy answers {n} new {s} prompts "
                 f"{labels.data.num_responses} times; simulated labelers rank them", flush=True)
-          rm_data._sample_and_label(labels, tokenizer, s, n, path)  # pylint: disable=protected-access
+          rm_data.sample_and_label(labels, tokenizer, s, n, path)
       rm_dir = os.path.join(workdir, f"rm_{r}")
       rm_cfg = _copy(config.pipeline.reward, **{
           "data.source": comp["train"], "data.format": "ranked",

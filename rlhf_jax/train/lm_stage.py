@@ -12,16 +12,14 @@ policy beside its starting one on the built-in task's held-out RL prompts
 from __future__ import annotations
 
 import math
-import os
 
-
-from rlhf_jax import checkpoint, metrics, parallel
+from rlhf_jax import metrics, parallel
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.train import model_init
 from rlhf_jax.train import policy_eval as policy_eval_lib
 from rlhf_jax.train.lm_steps import make_lm_steps
-from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
+from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, stage_setup, train_loop
 
 
 def run(config, workdir: str) -> dict:
@@ -30,13 +28,7 @@ def run(config, workdir: str) -> dict:
   if stage not in ("pretrain", "sft"):
     raise ConfigError(f"stage={stage!r}: the LM loop runs 'pretrain' or 'sft'")
   tc = config.train
-  mesh = parallel.make_mesh(dict(config.mesh))
-  rules = parallel.rules_from_config(config.sharding_rules)
-  parallel.check_batch_size(tc.batch_size, mesh, rules)
-  writer = metrics.MetricWriter(workdir, prefix=stage)
-
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
-  latest = ckpt.latest_step()
+  mesh, rules, writer, ckpt, latest = stage_setup(config, workdir, stage)
   tokenizer = lm_data.load_tokenizer(config)
   # A run that resumes reads its params from its own checkpoint, not from init.*.
   model_cfg, init_params = model_init.build(config, tokenizer, load_params=latest is None)

@@ -13,15 +13,29 @@ Not for: the steps or the data (each stage builds its own).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from rlhf_jax import metrics
+from rlhf_jax import checkpoint, metrics, parallel
 from rlhf_jax.models import lora
 from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
+
+
+def stage_setup(config, workdir: str, prefix: str):
+  """(mesh, rules, writer, ckpt, latest): what a training stage opens first. The mesh and its
+  rules (the global batch checked against them), the metric writer, the workdir's
+  checkpointer and its newest step (None for a fresh run)."""
+  mesh = parallel.make_mesh(dict(config.mesh))
+  rules = parallel.rules_from_config(config.sharding_rules)
+  parallel.check_batch_size(config.train.batch_size, mesh, rules)
+  writer = metrics.MetricWriter(workdir, prefix=prefix)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 keep=config.train.keep_checkpoints)
+  return mesh, rules, writer, ckpt, ckpt.latest_step()
 
 
 def make_optimizer(section, total_steps: int, model_cfg=None):

@@ -63,6 +63,13 @@ def build(config, tokenizer, heads: str = "lm", load_params: bool = True):
   return model_cfg, params
 
 
+def require_source(config, message: str) -> None:
+  """Stops with `message` unless `init` names a model to start from (a workdir or checkpoint):
+  the stages that need a policy, not a random init."""
+  if not (config.init.from_workdir or config.init.hf_checkpoint):
+    raise ConfigError(message)
+
+
 def read_model_json(workdir: str) -> dict:
   path = os.path.join(workdir, "model.json")
   if not os.path.exists(path):

@@ -72,9 +72,9 @@ def run(config, workdir: str) -> dict:
   tok_spec = config.data.tokenizer or config.init.hf_checkpoint
 
   # The frozen reference is the starting policy (the SFT params); it is re-read on resume.
-  if not (config.init.from_workdir or config.init.hf_checkpoint):
-    raise ConfigError("RL starts from a policy: set init.from_workdir (an SFT workdir) or "
-                      "init.hf_checkpoint")
+  model_init.require_source(
+      config, "RL starts from a policy: set init.from_workdir (an SFT workdir) or "
+              "init.hf_checkpoint")
   model_cfg, start_params = model_init.build(config, tokenizer, heads="lm")
   if model_cfg.lora_rank:
     ref_params = None  # the policy's own base with its adapters off: no second copy

@@ -87,7 +87,7 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
   for split, n in (("train", d.builtin_train), ("eval", d.builtin_eval)):
     path = os.path.join(workdir, f"comparisons_{split}.jsonl")
     if not os.path.exists(path):
-      _sample_and_label(config, tokenizer, split, n, path)
+      sample_and_label(config, tokenizer, split, n, path)
     out[split], stats[split] = cmp.comparisons_from_records(read_records(path), tokenizer, cfg)
   k = d.num_responses
   evals = out["eval"]
@@ -145,7 +145,9 @@ def sample_responses(params, model_cfg, prompts: list[list[int]], k: int, max_ne
   return [out[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 
-def _sample_and_label(config, tokenizer, split: str, n: int, path: str) -> None:
+def sample_and_label(config, tokenizer, split: str, n: int, path: str) -> None:
+  """Writes `path`: `data.num_responses` samples of the policy for each of n built-in prompts of
+  `split`, ranked by the simulated labelers (the reward stage's data; iterated RLHF's rounds)."""
   d = config.data
   model_cfg, params = _policy(config)
   prompts = bt.prompts(n, split, config.seed + 505)

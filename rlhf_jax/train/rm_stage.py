@@ -19,7 +19,7 @@ import os
 import jax
 import numpy as np
 
-from rlhf_jax import checkpoint, metrics, parallel
+from rlhf_jax import metrics, parallel
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import lm_data, train_tokenizer
 from rlhf_jax.data.tokenizer import load_tokenizer
@@ -27,19 +27,14 @@ from rlhf_jax.errors import ConfigError
 from rlhf_jax.reward import evaluate as rm_eval
 from rlhf_jax.reward import model as rm_model
 from rlhf_jax.train import model_init, rm_data
-from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, train_loop
+from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, stage_setup, train_loop
 from rlhf_jax.train.rm_steps import RMLossConfig, make_rm_steps
 
 def run(config, workdir: str) -> dict:
   if config.stage != "reward":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'reward'")
   tc = config.train
-  mesh = parallel.make_mesh(dict(config.mesh))
-  rules = parallel.rules_from_config(config.sharding_rules)
-  parallel.check_batch_size(tc.batch_size, mesh, rules)
-  writer = metrics.MetricWriter(workdir, prefix="reward")
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
-  latest = ckpt.latest_step()
+  mesh, rules, writer, ckpt, latest = stage_setup(config, workdir, "reward")
   lc = RMLossConfig(**dict(config.loss))
   heads = lc.heads  # "score", or "lm+score" with the language-modelling regulariser
   tokenizer, tokenizer_spec = _tokenizer(config, workdir)

@@ -24,9 +24,8 @@ from rlhf_jax.train import model_init, rl_data
 def run(config, workdir: str) -> dict:
   if config.stage != "sample":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'sample'")
-  if not (config.init.from_workdir or config.init.hf_checkpoint):
-    raise ConfigError("sample: set init.from_workdir (an SFT or RL workdir) or "
-                      "init.hf_checkpoint")
+  model_init.require_source(
+      config, "sample: set init.from_workdir (an SFT or RL workdir) or init.hf_checkpoint")
   s = config.sampling
   tokenizer = lm_data.load_tokenizer(config)
   model_cfg, params = model_init.build(config, tokenizer, heads="lm")
