@@ -116,6 +116,10 @@ def train_section(**overrides) -> mc.ConfigDict:
       "sample_temperature": 0.7,  # of the printed samples
       # Peak TFLOP/s per device for the MFU figure; 0 = the data sheet's value for known chips.
       "peak_tflops": 0.0,
+      # A step with a NaN/Inf loss, gradient or weight is never applied. "stop": the run ends
+      # there, naming the step and the last good checkpoint; "skip": it goes on without it.
+      "on_nonfinite": "stop",
+      "max_nonfinite_skips": 3,  # "skip": this many non-finite steps in a row stop the run
   }
   d.update(overrides)
   return mc.ConfigDict(d)

@@ -3,6 +3,10 @@
 Only process 0 writes (on other processes the writer is silent), so multi-host runs log once.
 Values may be jax arrays: they are read here, on the host, after the step that made them was
 dispatched, so the loop does not wait on the device to log.
+A run that resumes from step S passes `resume_step=S`: the rows of its stage after S (written
+by the interrupted run after its last checkpoint) are dropped from metrics.jsonl, and the
+TensorBoard writer purges its events after S (tensorboardX's `purge_step`), so neither shows a
+step twice.
 """
 
 from __future__ import annotations
@@ -21,19 +25,46 @@ def _scalar(v) -> float:
   return float(np.asarray(v))
 
 
+def truncate_jsonl(path: str, prefix: str, last_step: int) -> int:
+  """Drops the rows of stage `prefix` with step > last_step from `path`; returns how many."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # a line cut short by a kill mid-write
+    if row.get("stage") != prefix or row.get("step", 0) <= last_step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return len(lines) - len(kept)
+
+
 class MetricWriter:
-  def __init__(self, workdir: str | None, prefix: str = "", tensorboard: bool = True):
+  def __init__(self, workdir: str | None, prefix: str = "", tensorboard: bool = True,
+               resume_step: int | None = None):
     self.prefix = prefix
     self.active = jax.process_index() == 0
     self._jsonl = self._tb = None
     if not self.active or workdir is None:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None:
+      truncate_jsonl(path, prefix, resume_step)
+    self._jsonl = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        purge = None if resume_step is None else resume_step + 1
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
       except ImportError:
         print("tensorboardX not installed: no TensorBoard event files", file=sys.stderr)
 
@@ -42,8 +73,12 @@ class MetricWriter:
     if not self.active:
       return vals
     if self._jsonl:
-      self._jsonl.write(json.dumps({"step": int(step), "stage": self.prefix, **vals}) + "\n")
-      self._jsonl.flush()
+      try:
+        self._jsonl.write(json.dumps({"step": int(step), "stage": self.prefix, **vals}) + "\n")
+        self._jsonl.flush()
+      except OSError as e:  # a full disk names the file it could not write
+        name, self._jsonl = self._jsonl.name, None
+        raise OSError(e.errno, e.strerror, name) from None
     if self._tb:
       for k, v in vals.items():
         self._tb.add_scalar(f"{self.prefix}/{k}" if self.prefix else k, v, int(step))

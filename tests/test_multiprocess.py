@@ -106,3 +106,37 @@ def test_ppo_two_processes_equal_one(tmp_path):
   assert "[p0] [distributed] process 0 of 2" in out
   _same(_metrics(one, PPO_KEYS), _metrics(two, PPO_KEYS), rel=1e-4)
   assert os.path.exists(os.path.join(two, "summary.json"))
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_rerun_resumes(tmp_path):
+  """SIGTERM reaches process 1 only (as when one host of a slice is preempted first): JAX's
+  preemption sync makes both processes checkpoint the same step and exit with status 75; the
+  2-process rerun resumes there and ends as the 1-process run does."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  args = SFT + ["--config.train.steps=8", "--config.train.checkpoint_every=100"]
+  one = str(tmp_path / "one")
+  _main(args, one, 1)
+  two = str(tmp_path / "two")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for i in range(2):
+    env = dict(_env(4), RLHF_JAX_COORDINATOR=f"127.0.0.1:{port}", RLHF_JAX_NUM_PROCESSES="2",
+               RLHF_JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-m", "rlhf_jax.main", *args,
+                                   f"--workdir={two}"], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for line in procs[0].stdout:
+    if line.startswith("[sft] step 2:"):
+      procs[1].send_signal(signal.SIGTERM)
+      break
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [75, 75], outs
+  stops = [o[1].strip().splitlines()[-1] for o in outs]
+  assert stops[0] == stops[1] and "SIGTERM: stopped at step" in stops[0], stops
+  step = int(stops[0].split("stopped at step ")[1].split()[0])
+  assert 2 <= step < 8
+  _main(args, two, 2)
+  _same(_metrics(one, SFT_KEYS), _metrics(two, SFT_KEYS))

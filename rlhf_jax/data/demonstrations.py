@@ -168,8 +168,11 @@ def read_records(source: str, split: str | None = None) -> Iterator[tuple[str, i
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise DataError(f"{f}: could not be read as {_builder(f)}: {first}") from None
       lines = _is_json_lines(f)
-      for i, rec in enumerate(ds):
-        yield (f"{f}:{i + 1}" if lines else f), i, rec
+      try:
+        for i, rec in enumerate(ds):
+          yield (f"{f}:{i + 1}" if lines else f), i, rec
+      except UnicodeDecodeError:
+        raise DataError(_first_bad_json_line(f) or f"{f}: not UTF-8 text") from None
   else:
     try:
       ds = datasets.load_dataset(source, split=split)
@@ -186,14 +189,22 @@ def _is_json_lines(path: str) -> bool:
 
 
 def _first_bad_json_line(path: str) -> str | None:
-  """'FILE:LINE: what is wrong' for the first line of a JSON-lines file that is not one JSON
-  object, or None (not JSON lines, or every line parses)."""
-  if not _is_json_lines(path):
-    return None
+  """'FILE:LINE: what is wrong' for the first line of a JSON file that is not UTF-8, or of a
+  JSON-lines file that is not one JSON object; None when every line is fine."""
   import gzip  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+  if _builder(path) == "json":  # text: every line must be UTF-8
+    with opener(path, "rb") as fh:
+      for n, raw in enumerate(fh, 1):
+        try:
+          raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          return (f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                  f"{e.start + 1}); re-encode the file as UTF-8")
+  if not _is_json_lines(path):
+    return None
+  with opener(path, "rt", encoding="utf-8") as fh:
     for n, line in enumerate(fh, 1):
       if not line.strip():
         continue

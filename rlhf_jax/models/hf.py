@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from rlhf_jax.errors import ConfigError, DataError
@@ -353,10 +353,30 @@ def _open_weights(path: str):
     if not os.path.isfile(fn):
       raise DataError(f"HF checkpoint shard {fn!r} (named in {_INDEX}) does not exist")
   with contextlib.ExitStack() as stack:
-    handles = {fn: stack.enter_context(safe_open(fn, framework="numpy")) for fn in files}
+    handles = {}
+    for fn in files:
+      with _unreadable(fn):
+        handles[fn] = stack.enter_context(safe_open(fn, framework="numpy"))
     if where is None:
       where = {k: single for k in handles[single].keys()}
-    yield where, lambda k: handles[where[k]].get_tensor(k)  # bf16 arrives as ml_dtypes.bfloat16
+
+    def get(k):
+      with _unreadable(where[k], k):
+        return handles[where[k]].get_tensor(k)  # bf16 arrives as ml_dtypes.bfloat16
+    yield where, get
+
+
+@contextlib.contextmanager
+def _unreadable(fn: str, tensor: str | None = None):
+  """A safetensors file cut short (an interrupted download or copy) or corrupt: one DataError
+  naming the file, not the library's trace."""
+  try:
+    yield
+  except (SafetensorError, OSError, ValueError) as e:
+    what = f" (tensor {tensor!r})" if tensor else ""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise DataError(f"{fn}{what} cannot be read: {first}; the file is truncated or corrupt "
+                    "(re-download or re-export it)") from None
 
 
 def _tree_set(tree: dict, path: str, value) -> None:

@@ -14,6 +14,8 @@ log-probs of those rows are the "old" ones exactly: they are taken from that for
 (stop-gradient) rather than from the scoring pass, which makes the ratio exactly 1 there and
 spares nothing of correctness elsewhere. Metrics are means over all minibatches, plus those of
 the first and last minibatch for the ratio diagnostics.
+A NaN or Inf in any minibatch's metrics or in the new weights leaves both states as they came in
+and sets the metric `nonfinite` (see `rlhf_jax.nonfinite`).
 Not for: sampling and scoring (`rlhf_jax.rl.rollout`).
 """
 
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import losses as lm_losses
+from rlhf_jax import nonfinite
 from rlhf_jax.models import forward
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import losses as rl_losses
@@ -112,9 +115,15 @@ def update(policy, critic, rollout, rng, ptx=None, beta=0.0, *, cfg: RLConfig, m
   perms = jax.vmap(lambda k: jax.random.permutation(k, b))(jax.random.split(rng, e))
   idx = perms[:, :m * mb].reshape(e * m, mb)
   first = jnp.arange(e * m) == 0
-  (policy, critic), mets = jax.lax.scan(minibatch, (policy, critic), (idx, first, ptx))
+  (new_policy, new_critic), mets = jax.lax.scan(minibatch, (policy, critic), (idx, first, ptx))
   metrics = {k: jnp.mean(v) for k, v in mets.items()}
   for k in ("ratio_mean", "ratio_max", "clip_frac", "approx_kl"):
     metrics[f"first_{k}"] = mets[k][0]
     metrics[f"last_{k}"] = mets[k][-1]
-  return policy, critic, metrics
+  # A NaN/Inf anywhere in the iteration's losses, gradient norms or new weights: the policy and
+  # critic stay as they were (the host then stops or skips, by train.on_nonfinite).
+  ok = nonfinite.all_finite(mets, new_policy.params,
+                            new_critic.params if cfg.critic == "separate" else ())
+  metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
+  return (nonfinite.select(ok, new_policy, policy), nonfinite.select(ok, new_critic, critic),
+          metrics)

@@ -69,8 +69,8 @@ def run(config, workdir: str) -> dict:
               for k, n in dpo_steps.BATCH_NDIMS.items()}
   rep = parallel.replicated(mesh)
   ref_sh = None if ref_params is None else param_shardings(model_cfg, mesh, rules, "lm")[1]
-  train_jit = jax.jit(jit_steps.with_rules(functools.partial(
-      dpo_steps.train_step, model_cfg=model_cfg, tx=tx, dc=dc), rules),
+  train_jit = jax.jit(jit_steps.with_rules(jit_steps.guard_nonfinite(functools.partial(
+      dpo_steps.train_step, model_cfg=model_cfg, tx=tx, dc=dc)), rules),
       in_shardings=(shardings, ref_sh, batch_sh), out_shardings=(shardings, rep),
       donate_argnums=0)
   eval_jit = jax.jit(jit_steps.with_rules(functools.partial(

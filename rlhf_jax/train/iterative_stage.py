@@ -124,7 +124,8 @@ def run(config, workdir: str) -> dict:
         "reward.models": rm_dir, "train.keep_checkpoints": it.rounds + 1})
     print(f"[iterative] round {r}: {config.rl.algorithm} to iteration {(r + 1) * it.rl_iterations} "
           f"against {rm_dir}", flush=True)
-    stages.run(rl_cfg, rl_dir)
+    # Each round continues the same RL run against that round's reward model.
+    stages.run(rl_cfg, rl_dir, allow_config_change=("reward.models",))
     samples[f"round {r}"] = _held_out_samples(
         config, rl_dir, os.path.join(workdir, "samples", f"round_{r}"))
   ratings = elo.fit_bradley_terry(*gold_tournament(samples))

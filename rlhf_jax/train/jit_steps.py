@@ -3,7 +3,9 @@
 `compile_steps` wraps `train(state, batch) -> (state, metrics)` and `evaluate(params, batch) ->
 outputs` in `jax.jit` with the state's shardings in and out, the batch sharded over the mesh's
 batch axes (each key by its rank), metrics and eval outputs replicated, and the train state
-donated (the step replaces it). Both run under the mesh and the logical-axis rules.
+donated (the step replaces it), and guarded: a step whose loss, gradient norm or new params are
+not finite leaves the state as it was (`guard_nonfinite`). Both run under the mesh and the
+logical-axis rules.
 Not for: the loss arithmetic (each stage's `*_steps.py`).
 """
 
@@ -15,7 +17,7 @@ from typing import Callable, Mapping
 import flax.linen as nn
 import jax
 
-from rlhf_jax import parallel
+from rlhf_jax import nonfinite, parallel
 
 
 def with_rules(fn: Callable, rules) -> Callable:
@@ -25,6 +27,16 @@ def with_rules(fn: Callable, rules) -> Callable:
     with nn.logical_axis_rules(rules):
       return fn(*args)
   return wrapped
+
+
+def guard_nonfinite(train: Callable) -> Callable:
+  """train(state, *args) -> (state, metrics) that keeps the old params and optimizer state when
+  the step's "loss", "grad_norm" or new params are not finite; metrics gain "nonfinite"."""
+  @functools.wraps(train)
+  def step(state, *args):
+    new_state, metrics = train(state, *args)
+    return nonfinite.keep_if_finite(state, new_state, metrics)
+  return step
 
 
 def in_mesh(fn: Callable, mesh) -> Callable:
@@ -41,7 +53,8 @@ def compile_steps(train: Callable, evaluate: Callable, mesh, rules, shardings,
   """(run_train(state, batch), run_eval(params, batch)); `.jitted` on each is the jit object."""
   batch_sh = {k: parallel.batch_sharding(mesh, rules, n) for k, n in batch_ndims.items()}
   rep = parallel.replicated(mesh)
-  train_jit = jax.jit(with_rules(train, rules), in_shardings=(shardings, batch_sh),
+  train_jit = jax.jit(with_rules(guard_nonfinite(train), rules),
+                      in_shardings=(shardings, batch_sh),
                       out_shardings=(shardings, rep), donate_argnums=0)
   eval_jit = jax.jit(with_rules(evaluate, rules), in_shardings=(shardings.params, batch_sh),
                      out_shardings=rep)

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rlhf_jax import checkpoint, metrics, parallel
+from rlhf_jax import checkpoint, metrics, nonfinite, parallel, preemption
+from rlhf_jax.errors import ConfigError, Preempted
 from rlhf_jax.models import lora
 from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
 
@@ -32,10 +33,21 @@ def stage_setup(config, workdir: str, prefix: str):
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
   parallel.check_batch_size(config.train.batch_size, mesh, rules)
-  writer = metrics.MetricWriter(workdir, prefix=prefix)
+  check_train_section(config.train)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=config.train.keep_checkpoints)
-  return mesh, rules, writer, ckpt, ckpt.latest_step()
+  latest = ckpt.latest_step()
+  writer = metrics.MetricWriter(workdir, prefix=prefix, resume_step=latest)
+  return mesh, rules, writer, ckpt, latest
+
+
+def check_train_section(tc) -> None:
+  """ConfigError for cadences a loop divides by, and the non-finite policy."""
+  for name in ("log_every", "eval_every", "checkpoint_every"):
+    if tc[name] < 1:
+      raise ConfigError(f"train.{name}={tc[name]} must be >= 1 (a cadence in steps; the last "
+                        "step is always logged, evaluated and checkpointed)")
+  nonfinite.check_config(tc)
 
 
 def make_optimizer(section, total_steps: int, model_cfg=None):
@@ -86,43 +98,79 @@ def train_loop(*, stage: str, state, train_step: Callable, batches, put: Callabl
 
   batches: has next() -> host batch, state() and restore(); put: host batch -> device batch;
   evaluate(params, step) -> metrics dict (it may print samples). tokens/s counts the real
-  tokens of the batch (its "attention_mask"), over all processes.
+  tokens of the batch (its "attention_mask"), over all processes. A step whose loss or
+  gradient is not finite stops the run (`nonfinite.Watch`); SIGTERM/SIGINT stop it after the
+  step with a checkpoint (`preemption`). The checkpointer is closed (every save on disk) on
+  every way out.
   """
   step = int(state.step)
   stop = min(tc.stop_at or tc.steps, tc.steps)
   progress = metrics.Progress(tc.steps, start=step)
   history = []
-  if step == 0 or step >= tc.steps:
-    history.append(writer.write(step, evaluate(state.params, step)))
-  t_last, tokens_since, first_step = time.perf_counter(), 0, True
-  while step < stop:
-    batch = batches.next()
-    tokens_since += int(batch["attention_mask"].sum()) * jax.process_count()
-    state, step_metrics = train_step(state, put(batch))
-    step += 1
-    if first_step:  # keep compilation out of the first tokens/s figure
-      jax.block_until_ready(step_metrics)
-      t_last, tokens_since, first_step = time.perf_counter(), 0, False
-    if step % tc.log_every == 0 or step == tc.steps:
-      # The clock is read when the step has finished, not when it was queued: one stall per log.
-      jax.block_until_ready(step_metrics)
-      dt = max(time.perf_counter() - t_last, 1e-9)
-      vals = {k: np.asarray(v) for k, v in step_metrics.items()}
-      vals["tokens_per_s"] = tokens_since / dt
-      # Model FLOPs utilisation counts the FLOPs the model needs (6N + attention per token), not
-      # what remat recomputes; the peak is the device's dense bf16 figure or train.peak_tflops.
-      vals["model_tflops"] = vals["tokens_per_s"] * flops_per_token / 1e12
-      if peak_flops:
-        vals["mfu"] = vals["tokens_per_s"] * flops_per_token / peak_flops
-      writer.write(step, vals)
-      writer.text(f"  progress {progress.eta(step)}")
-      t_last, tokens_since = time.perf_counter(), 0
-    if step % tc.checkpoint_every == 0 or step == stop:
-      ckpt.save(step, state, {"data": batches.state(), "step": step}, force=True)
-    if step % tc.eval_every == 0 or step == tc.steps:
+  guard = nonfinite.Watch(stage, tc, ckpt, writer)
+  rate = _Rate(flops_per_token, peak_flops)
+
+  def save():
+    ckpt.save(step, state, {"data": batches.state(), "step": step}, force=True)
+
+  try:
+    if step == 0 or step >= tc.steps:
       history.append(writer.write(step, evaluate(state.params, step)))
-  ckpt.close()
+    with preemption.watch(stage) as preempt:
+      while step < stop:
+        batch = batches.next()
+        rate.count(batch)
+        state, step_metrics = train_step(state, put(batch))
+        step += 1
+        rate.after_first_step(step_metrics)
+        guard.check(step, step_metrics)
+        if step % tc.log_every == 0 or step == tc.steps:
+          writer.write(step, rate.read(step_metrics))
+          writer.text(f"  progress {progress.eta(step)}")
+        # The eval of a step comes before its checkpoint: a run resumed there has it already.
+        if step % tc.eval_every == 0 or step == tc.steps:
+          history.append(writer.write(step, evaluate(state.params, step)))
+        saved = step % tc.checkpoint_every == 0 or step == stop
+        if saved:
+          save()
+        if preempt.requested(step):
+          if not saved:
+            save()
+          ckpt.close()  # waits until the checkpoint is on disk
+          raise Preempted(stage, step, ckpt.directory, preempt.signal_name)
+  finally:
+    ckpt.close()
   if step < tc.steps:
     writer.text(f"[{stage}] stopped at step {step} of {tc.steps} (train.stop_at); run the same "
                 "command again to resume")
   return state, step, history
+
+
+class _Rate:
+  """tokens/s, model TFLOP/s and MFU between log lines (compilation kept out of the first)."""
+
+  def __init__(self, flops_per_token: float, peak_flops: float):
+    self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+    self.t_last, self.tokens, self.first = time.perf_counter(), 0, True
+
+  def count(self, batch) -> None:
+    self.tokens += int(batch["attention_mask"].sum()) * jax.process_count()
+
+  def read(self, step_metrics) -> dict:
+    # The clock is read when the step has finished, not when it was queued: one stall per log.
+    jax.block_until_ready(step_metrics)
+    now = time.perf_counter()
+    vals = {k: np.asarray(v) for k, v in step_metrics.items()}
+    vals["tokens_per_s"] = self.tokens / max(now - self.t_last, 1e-9)
+    # Model FLOPs utilisation counts the FLOPs the model needs (6N + attention per token), not
+    # what remat recomputes; the peak is the device's dense bf16 figure or train.peak_tflops.
+    vals["model_tflops"] = vals["tokens_per_s"] * self.flops_per_token / 1e12
+    if self.peak_flops:
+      vals["mfu"] = vals["tokens_per_s"] * self.flops_per_token / self.peak_flops
+    self.t_last, self.tokens = now, 0
+    return vals
+
+  def after_first_step(self, step_metrics) -> None:
+    if self.first:  # keep compilation out of the first tokens/s figure
+      jax.block_until_ready(step_metrics)
+      self.t_last, self.tokens, self.first = time.perf_counter(), 0, False

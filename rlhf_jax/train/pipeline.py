@@ -5,7 +5,9 @@ already holds a finished run.
 "Finished" means the workdir's latest checkpoint is at the stage's `train.steps` (and, for a
 reward model, its normalisation file exists). An unfinished workdir resumes where it stopped,
 so an interrupted pipeline picks up mid-stage. `pipeline.run_upstream=False` skips all of this
-(the workdirs must then hold finished runs).
+(the workdirs must then hold finished runs). A finished run is reused only if its saved config
+(`run_config.json`) matches the pipeline's section for it in every field that changes the
+computation.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 
+from rlhf_jax import run_config
 from rlhf_jax.reward.model import NORM_FILE
 
 UPSTREAM = ("pretrain", "sft", "reward")  # in this order; a config may leave any out
@@ -47,6 +50,7 @@ def run_upstream(config) -> None:
       continue
     sub = config.pipeline[name]
     if finished(sub):
+      run_config.check(sub, sub.workdir)  # a finished run reused must be the one configured
       print(f"[pipeline] {name}: {sub.workdir} holds a finished run (step {sub.train.steps}); "
             "skipped", flush=True)
       continue

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import checkpoint, metrics, parallel, sampling
+from rlhf_jax import checkpoint, metrics, nonfinite, parallel, preemption, sampling
 from rlhf_jax.data import lm_data
-from rlhf_jax.errors import ConfigError, DataError
+from rlhf_jax.errors import ConfigError, DataError, NonFiniteError, Preempted
 from rlhf_jax.models import lora
 from rlhf_jax.reward.model import check_tokenizers, load_reward_models
 from rlhf_jax.rl import kl as kl_lib
@@ -40,7 +40,7 @@ from rlhf_jax.rl.config import ALGORITHMS, RLConfig
 from rlhf_jax.rl.losses import explained_variance
 from rlhf_jax.rl.compiled import compile_rl
 from rlhf_jax.train import model_init, pipeline, rl_data, rl_state
-from rlhf_jax.train.loop import lora_summary, make_optimizer
+from rlhf_jax.train.loop import check_train_section, lora_summary, make_optimizer
 from rlhf_jax.train.state import TrainState, param_shardings
 
 SUMMARY_FILE = "summary.json"
@@ -65,9 +65,10 @@ def run(config, workdir: str) -> dict:
     if size % div:
       raise ConfigError(f"{name}={size} does not divide over the mesh's batch axes (size {div} "
                         f"of {dict(mesh.shape)})")
-  writer = metrics.MetricWriter(workdir, prefix=stage)
+  check_train_section(tc)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
   latest = ckpt.latest_step()
+  writer = metrics.MetricWriter(workdir, prefix=stage, resume_step=latest)
   tokenizer = lm_data.load_tokenizer(config)
   tok_spec = config.data.tokenizer or config.init.hf_checkpoint
 
@@ -240,60 +241,70 @@ def run(config, workdir: str) -> dict:
   progress = metrics.Progress(cfg.iterations, start=it)
   last_eval = None
   zeros_rng = lambda: jnp.zeros((2,), jnp.uint32)  # noqa: E731
-  while it < stop:
-    rng, k_sample, k_update = jax.random.split(state.rng, 3)
-    # group_size responses per prompt (GRPO, RLOO): each prompt repeated, prompt-major rows.
-    prompts = [p for p in data.prompts_for(it, cfg.prompts_per_iteration, config.seed)
-               for _ in range(cfg.group_size)]
-    p_tok, p_mask, resp, rmask, ro, (t_gen, t_score) = sample_and_score(state, prompts,
-                                                                        k_sample)
-    gold = gold_of(p_tok, p_mask, resp, rmask)
-    ptx_batch = None
-    if ptx is not None:
-      host = ptx.next()
-      ptx_batch = jax.device_put(host, fns.ptx_sharding)
-    t0 = time.perf_counter()
-    policy = TrainState(step=jnp.zeros((), jnp.int32), params=state.params,
-                        opt_state=state.opt_state, rng=zeros_rng())
-    explained = explained_variance(ro["values"], ro["returns"], ro["response_mask"])
-    policy, critic, umet = fns.update(policy, state.critic,
-                                      {k: ro[k] for k in ppo.ROLLOUT_KEYS}, k_update, ptx_batch,
-                                      state.kl_coef)
-    jax.block_until_ready(umet)
-    t_update = time.perf_counter() - t0
-    vals, h = rollout_stats("", ro, gold, rmask)
-    beta = np.float32(state.kl_coef)
-    if cfg.adaptive_kl:
-      kl_now = float(np.mean(h["kl_seq"]))
-      new_beta = np.float32(kl_lib.adaptive_kl_coef(float(beta), kl_now, cfg.rollout_batch,
-                                                    cfg.kl_target, cfg.kl_horizon))
-    else:
-      new_beta = beta
-    it += 1
-    # Scalars and keys placed on the whole mesh (a checkpoint of several processes can only
-    # hold global arrays).
-    state = rl_state.RLState(step=jax.device_put(jnp.asarray(it, jnp.int32), rep),
-                             params=policy.params, opt_state=policy.opt_state,
-                             rng=jax.device_put(rng, rep), critic=critic,
-                             kl_coef=jax.device_put(jnp.asarray(new_beta, jnp.float32), rep))
-    vals["beta"] = float(beta)
-    vals["explained_variance"] = float(parallel.to_host(explained))
-    vals.update({k: float(parallel.to_host(v)) for k, v in umet.items()})
-    vals.update(time_generate=t_gen, time_score=t_score, time_update=t_update,
-                samples=cfg.rollout_batch * it)
-    if it % tc.log_every == 0 or it == cfg.iterations or it == 1:
-      writer.write(it, vals)
-      writer.text(f"  progress {progress.eta(it)}")
-    else:
-      writer.write(it, vals, console=False)
-    if it % tc.eval_every == 0 or it == cfg.iterations:
-      last_eval = writer.write(it, evaluate(state, it))
-    if it % tc.checkpoint_every == 0 or it == stop:
-      meta = {"iteration": it}
-      if ptx is not None:
-        meta["ptx"] = ptx.state()
-      ckpt.save(it, state, meta, force=True)
-  ckpt.close()
+  guard = nonfinite.Watch(stage, tc, ckpt, writer)
+  try:
+    with preemption.watch(stage) as preempt:
+      while it < stop:
+        rng, k_sample, k_update = jax.random.split(state.rng, 3)
+        # group_size responses per prompt (GRPO, RLOO): each prompt repeated, prompt-major rows.
+        prompts = [p for p in data.prompts_for(it, cfg.prompts_per_iteration, config.seed)
+                   for _ in range(cfg.group_size)]
+        p_tok, p_mask, resp, rmask, ro, (t_gen, t_score) = sample_and_score(state, prompts,
+                                                                            k_sample)
+        gold = gold_of(p_tok, p_mask, resp, rmask)
+        ptx_batch = None
+        if ptx is not None:
+          host = ptx.next()
+          ptx_batch = jax.device_put(host, fns.ptx_sharding)
+        t0 = time.perf_counter()
+        policy = TrainState(step=jnp.zeros((), jnp.int32), params=state.params,
+                            opt_state=state.opt_state, rng=zeros_rng())
+        explained = explained_variance(ro["values"], ro["returns"], ro["response_mask"])
+        policy, critic, umet = fns.update(policy, state.critic,
+                                          {k: ro[k] for k in ppo.ROLLOUT_KEYS}, k_update,
+                                          ptx_batch, state.kl_coef)
+        jax.block_until_ready(umet)
+        t_update = time.perf_counter() - t0
+        skipped = guard.check(it + 1, umet)
+        vals, h = rollout_stats("", ro, gold, rmask)
+        beta = np.float32(state.kl_coef)
+        new_beta = beta
+        kl_now = float(np.mean(h["kl_seq"]))
+        if cfg.adaptive_kl and not skipped and np.isfinite(kl_now):  # β is never NaN
+          new_beta = np.float32(kl_lib.adaptive_kl_coef(float(beta), kl_now, cfg.rollout_batch,
+                                                        cfg.kl_target, cfg.kl_horizon))
+        it += 1
+        # Scalars and keys placed on the whole mesh (a checkpoint of several processes can only
+        # hold global arrays).
+        state = rl_state.RLState(step=jax.device_put(jnp.asarray(it, jnp.int32), rep),
+                                 params=policy.params, opt_state=policy.opt_state,
+                                 rng=jax.device_put(rng, rep), critic=critic,
+                                 kl_coef=jax.device_put(jnp.asarray(new_beta, jnp.float32), rep))
+        vals["beta"] = float(beta)
+        vals["explained_variance"] = float(parallel.to_host(explained))
+        vals.update({k: float(parallel.to_host(v)) for k, v in umet.items()})
+        vals.update(time_generate=t_gen, time_score=t_score, time_update=t_update,
+                    samples=cfg.rollout_batch * it)
+        if it % tc.log_every == 0 or it == cfg.iterations or it == 1:
+          writer.write(it, vals)
+          writer.text(f"  progress {progress.eta(it)}")
+        else:
+          writer.write(it, vals, console=False)
+        if it % tc.eval_every == 0 or it == cfg.iterations:
+          last_eval = writer.write(it, evaluate(state, it))
+        saved = it % tc.checkpoint_every == 0 or it == stop
+        meta = {"iteration": it}
+        if ptx is not None:
+          meta["ptx"] = ptx.state()
+        if saved:
+          ckpt.save(it, state, meta, force=True)
+        if preempt.requested(it):
+          if not saved:
+            ckpt.save(it, state, meta, force=True)
+          ckpt.close()  # waits until the checkpoint is on disk
+          raise Preempted(stage, it, ckpt.directory, preempt.signal_name)
+  finally:
+    ckpt.close()
   summary = None
   if it >= cfg.iterations:
     summary = _finish(stage, workdir, sft_path, last_eval or evaluate(state, it), it, cfg,
@@ -311,6 +322,10 @@ def _finish(stage, workdir, sft_path, final, it, cfg, writer):
     raise DataError(f"{sft_path} is missing: the iteration-0 evaluation of the SFT policy")
   with open(sft_path, encoding="utf-8") as f:
     sft = json.load(f)
+  bad = sorted(k for d in (sft, final) for k, v in d.items() if not np.isfinite(v))
+  if bad:
+    raise NonFiniteError(f"[{stage}] the held-out evaluation holds NaN/Inf ({', '.join(bad)}): "
+                         "no SFT-vs-RL table or gain is reported from it")
   rows = [("gold score (mean)", "eval_gold"), ("gold score (std)", "eval_gold_std"),
           ("RM score, normalised", "eval_rm_score"), ("KL to the reference (nats/seq)", "eval_kl"),
           ("response length (tokens)", "eval_length"), ("EOS rate", "eval_eos_rate")]

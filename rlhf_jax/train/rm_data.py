@@ -86,8 +86,14 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
   out, stats = {}, {}
   for split, n in (("train", d.builtin_train), ("eval", d.builtin_eval)):
     path = os.path.join(workdir, f"comparisons_{split}.jsonl")
+    settings = _sampling_settings(config, n)
     if not os.path.exists(path):
       sample_and_label(config, tokenizer, split, n, path)
+      if jax.process_index() == 0:
+        with open(_settings_path(path), "w", encoding="utf-8") as f:
+          json.dump(settings, f, indent=1)
+    else:
+      _check_settings(path, settings)
     out[split], stats[split] = cmp.comparisons_from_records(read_records(path), tokenizer, cfg)
   k = d.num_responses
   evals = out["eval"]
@@ -111,6 +117,33 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
              f"K={k} SFT samples each ranked by {d.num_labelers} simulated labelers "
              f"(train: {stats['train']}; eval: {stats['eval']})")
   return RMData(out["train"], evals, k, summary, gold, ceiling)
+
+
+def _sampling_settings(config, n: int) -> dict:
+  """What decides a built-in comparison file's contents (saved beside it, checked on reuse)."""
+  d = config.data
+  return {"prompts": n, "seed": config.seed, "num_responses": d.num_responses,
+          "num_labelers": d.num_labelers, "max_len": d.max_len,
+          "sample_temperature": d.sample_temperature,
+          "policy_workdir": os.path.abspath(d.policy_workdir or config.init.from_workdir)}
+
+
+def _settings_path(path: str) -> str:
+  return path[:-len(".jsonl")] + ".settings.json"
+
+
+def _check_settings(path: str, now: dict) -> None:
+  """ConfigError when the reused comparison file `path` was made with other settings."""
+  if not os.path.exists(_settings_path(path)):
+    return  # written before settings were recorded: nothing to compare with
+  with open(_settings_path(path), encoding="utf-8") as f:
+    then = json.load(f)
+  diff = [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(then) | set(now))
+          if then.get(k) != now.get(k)]
+  if diff:
+    raise ConfigError(f"{path} was made with other settings than this run's "
+                      f"({'; '.join(diff)}); delete it (and its .settings.json) to sample new "
+                      "comparisons, or use another workdir")
 
 
 def _policy(config):
