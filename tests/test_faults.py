@@ -23,7 +23,7 @@ import pytest
 
 from rlhf_jax import checkpoint, config_base, smoke, stages
 from rlhf_jax.errors import ConfigError, NonFiniteError, Preempted, WorkdirBusy
-from rlhf_jax.train import lm_stage, pipeline, rl_stage
+from rlhf_jax.train import dpo_stage, lm_stage, pipeline, rl_stage, rm_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -415,6 +415,35 @@ def test_ppo_nan_stops_or_skips_and_beta_is_never_nan(ppo_straight, tmp_path, mo
   assert rows[2]["beta"] == rows[1]["beta"]  # the skipped iteration left β where it was
   assert np.isfinite(float(out["state"].kl_coef))
   assert np.isfinite(list(out["summary"]["final"].values())).all()
+
+
+def _upstream_stage(root, name):
+  """A 6-step run of stage `name` over the finished tiny pipeline in `root`."""
+  if name == "dpo":
+    c = config_base.from_file(os.path.join(REPO, "configs", "dpo.py"))
+    config_base.apply_overrides(c, {k: v for k, v in {**smoke.PIPELINE,
+                                                      **smoke.workdirs(root)}.items()
+                                    if k.startswith("pipeline.")})
+    c.pipeline.run_upstream = False
+    c.eval_policy.prompts = 0
+  else:
+    c = _ppo(root).pipeline[name]
+  c.train.update(steps=6, batch_size=8, log_every=1, eval_every=100, checkpoint_every=2)
+  return c
+
+
+@pytest.mark.parametrize("name,module", [("pretrain", lm_stage), ("reward", rm_stage),
+                                         ("dpo", dpo_stage)])
+def test_every_supervised_loop_stops_at_a_nan(ppo_straight, tmp_path, monkeypatch, name,
+                                              module):
+  real = module.make_optimizer
+  monkeypatch.setattr(module, "make_optimizer",
+                      lambda *a, **k: optax.chain(real(*a, **k), _nan_at(3)))
+  workdir = str(tmp_path / name)
+  with pytest.raises(NonFiniteError, match=rf"\[{name}\] step 3: .*the last good checkpoint is "
+                                           "step 2"):
+    stages.run(_upstream_stage(ppo_straight[0], name), workdir)
+  assert pipeline.latest_step(workdir) == 2
 
 
 def _env():
