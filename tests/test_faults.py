@@ -476,3 +476,18 @@ def test_main_sigterm_exits_75_and_the_rerun_equals_uninterrupted(sft_straight, 
   done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   assert _rows(workdir) == _rows(sft_straight[0])
+
+
+def test_no_gain_is_reported_from_a_nonfinite_evaluation(tmp_path):
+  sft_path = tmp_path / "eval_sft.json"
+  sft_path.write_text(json.dumps({"eval_gold": 1.0, "eval_gold_std": 0.5, "eval_kl": 0.0}))
+  final = {"eval_gold": float("nan"), "eval_gold_std": 0.5, "eval_kl": 3.0}
+  cfg = type("Cfg", (), {"temperature": 1.0, "rollout_batch": 16, "adaptive_kl": False})()
+
+  class Quiet:
+    def text(self, line):
+      raise AssertionError(f"printed a table line: {line}")
+
+  with pytest.raises(NonFiniteError, match=r"NaN/Inf \(eval_gold\): no SFT-vs-RL table"):
+    rl_stage._finish("ppo", str(tmp_path), str(sft_path), final, 5, cfg, Quiet())  # pylint: disable=protected-access
+  assert not (tmp_path / "summary.json").exists()

@@ -206,4 +206,9 @@ PRESETS: dict[str, ModelConfig] = {
                            num_kv_heads=8, mlp_dim=8192, max_seq_len=131072, norm_eps=1e-5,
                            rope_theta=500_000.0, rope_llama3_scaling=(32.0, 1.0, 4.0, 8192),
                            tie_embeddings=True, dtype="bfloat16", **_LLAMA),
+    # Llama-3.1-8B's shape: for the planner's tables and benchmarks on big accelerators.
+    "llama8b": ModelConfig(vocab_size=128256, hidden=4096, num_layers=32, num_heads=32,
+                           num_kv_heads=8, mlp_dim=14336, max_seq_len=131072, norm_eps=1e-5,
+                           rope_theta=500_000.0, rope_llama3_scaling=(8.0, 1.0, 4.0, 8192),
+                           dtype="bfloat16", **_LLAMA),
 }
