@@ -163,7 +163,7 @@ def run(config, workdir: str) -> dict:
     jax.block_until_ready(gen)
     t1 = time.perf_counter()
     ro = fns.score(st.params, reference(st), critic_params_of(st), rm_params, st.kl_coef, dev["t"],
-                   dev["m"], gen["tokens"], gen["mask"])
+                   dev["m"], gen["tokens"], gen["mask"], gen["logprobs"])
     jax.block_until_ready(ro)
     t2 = time.perf_counter()
     resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
@@ -185,6 +185,8 @@ def run(config, workdir: str) -> dict:
            f"{prefix}length": lengths.mean(), f"{prefix}eos_rate": h["has_eos"].mean()}
     if cfg.kl_estimator != "k1":
       out[f"{prefix}kl_{cfg.kl_estimator}"] = h["kl_seq"].mean()
+    for k in ("logprob_diff_mean", "logprob_diff_max"):  # sampler vs teacher-forced policy
+      out[f"{prefix}{k}"] = float(parallel.to_host(ro[k]))
     if gold is not None:
       out[f"{prefix}gold"] = float(np.mean(gold))
       out[f"{prefix}gold_std"] = float(np.std(gold))
