@@ -58,7 +58,7 @@ class RLConfig:
   ptx_coef: float = 0.0  # InstructGPT's PPO-ptx: γ · LM loss on SFT batches in the policy loss
   ptx_batch: int = 16  # rows of SFT data per minibatch when ptx_coef > 0
   critic: str = "separate"  # "shared": a value head on the policy trunk; "none" (grpo, rloo)
-  critic_init: str = "reward"  # separate critic starts from the reward model or "sft"
+  critic_init: str = "reward"  # separate critic: from the reward model (normalised head) or "sft"
 
   def __post_init__(self):
     checks = (

@@ -33,7 +33,7 @@ from rlhf_jax import checkpoint, metrics, parallel, sampling
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError, DataError
 from rlhf_jax.models import lora
-from rlhf_jax.reward.model import check_tokenizers, load_reward_models
+from rlhf_jax.reward.model import check_tokenizers, load_reward_models, normalized_head
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import ALGORITHMS, RLConfig
@@ -94,6 +94,7 @@ def run(config, workdir: str) -> dict:
     if cfg.critic_init == "reward":
       critic_cfg, critic_params = model_init.load_workdir_params(
           reward_models[0].workdir, config, heads="score")
+      critic_params = normalized_head(critic_params, reward_models[0].gain, reward_models[0].bias)
       critic_cfg = lora.configure(critic_cfg, config.model)  # LoRA trains the critic's too
       critic_params = lora.attach(critic_params, critic_cfg, "score", config.seed)
     else:
