@@ -6,6 +6,7 @@ stages, and bad input stops with one clear line."""
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import sys
@@ -391,10 +392,48 @@ def test_group_advantages_in_the_scored_rollout(algorithm):
   assert np.all(np.asarray(ro["values"]) == 0)
 
 
+def _brute_force_best_of_n(p, scores, n):
+  """best-of-n over K outcomes by enumerating all K^n ordered draws, keeping the first best."""
+  q = np.zeros(len(p))
+  for draw in itertools.product(range(len(p)), repeat=n):
+    q[draw[int(np.argmax(scores[list(draw)]))]] += np.prod(p[list(draw)])
+  return q
+
+
+def test_best_of_n_kl_matches_brute_force_enumeration():
+  from rlhf_jax.train import best_of_n_stage as bon  # pylint: disable=g-import-not-at-top
+  p = np.array([0.4, 0.25, 0.2, 0.1, 0.05])
+  scores = np.array([0.3, 1.0, 0.3, -2.0, 1.0])  # ties: the RM can score two responses alike
+  for n in (1, 2, 3, 4):
+    q = _brute_force_best_of_n(p, scores, n)
+    np.testing.assert_allclose(bon.best_of_n_probs(p, scores, n), q, rtol=1e-12, atol=1e-15)
+    want = float(np.sum(q[q > 0] * np.log(q[q > 0] / p[q > 0])))
+    assert bon.kl_of_best_of_n(p, scores, n) == pytest.approx(want, rel=1e-12, abs=1e-15)
+    # log n - (n-1)/n bounds it, far from tight here: the likely responses repeat.
+    assert want <= bon.kl_upper_bound(n) + 1e-12
+    assert n == 1 or want < 0.8 * bon.kl_upper_bound(n)
+  # Many equally likely distinct responses: the bound is the KL's limit.
+  k = 20_000
+  kl_many = bon.kl_of_best_of_n(np.full(k, 1 / k), np.arange(k, dtype=float), 4)
+  assert kl_many == pytest.approx(bon.kl_upper_bound(4), abs=1e-3)
+  assert kl_many <= bon.kl_upper_bound(4)
+  # The plug-in estimate: exact on samples whose frequencies are p; near it on random draws;
+  # 0 when a prompt's samples are all one response (the bound would say log n - (n-1)/n).
+  p8 = np.array([4, 2, 1, 1]) / 8
+  s8 = np.array([0.0, 2.0, 1.0, -1.0])
+  keys = [[0, 0, 1, 0, 2, 0, 1, 3], ["a"] * 8]
+  est = bon.kl_estimate(keys, np.array([s8[keys[0]], np.zeros(8)]), 3)
+  assert est == pytest.approx(0.5 * bon.kl_of_best_of_n(p8, s8, 3), rel=1e-12)
+  rng = np.random.default_rng(0)
+  draws = rng.choice(5, size=(4, 5000), p=p)
+  assert bon.kl_estimate(draws.tolist(), scores[draws], 3) == pytest.approx(
+      bon.kl_of_best_of_n(p, scores, 3), abs=0.02)
+  assert bon.kl_upper_bound(1) == 0.0
+  assert bon.kl_upper_bound(16) == pytest.approx(np.log(16) - 15 / 16)
+
+
 def test_best_of_n(upstream, tmp_path):
   from rlhf_jax.train import best_of_n_stage as bon  # pylint: disable=g-import-not-at-top
-  assert bon.kl_best_of_n(1) == 0.0
-  assert bon.kl_best_of_n(16) == pytest.approx(np.log(16) - 15 / 16)
   scores = np.array([[0.1, 0.5, 0.3, 0.9], [2.0, -1.0, 0.0, 1.0]])
   np.testing.assert_array_equal(bon.pick(scores, 1), [0, 0])
   np.testing.assert_array_equal(bon.pick(scores, 3), [1, 0])
@@ -409,6 +448,8 @@ def test_best_of_n(upstream, tmp_path):
   rm = [res[n]["rm_score"] for n in ("1", "2", "4")]
   assert rm[0] <= rm[1] <= rm[2] and rm[0] < rm[2]  # the best of nested subsets can only rise
   assert all(np.isfinite(res[n]["gold"]) for n in res)
+  for n in res:
+    assert 0 <= res[n]["kl_estimate"] <= res[n]["kl_upper_bound"] + 1e-9
   with open(tmp_path / "best_of_n.jsonl", encoding="utf-8") as f:
     recs = [json.loads(l) for l in f]
   assert len(recs) == 8 and all({"prompt", "response", "rm_score"} <= set(r) for r in recs)
