@@ -76,8 +76,13 @@ def collect(configs_by_method: dict) -> list[dict]:
     res = _load(os.path.join(configs["best_of_n"].workdir, "best_of_n.json"))
     for n, r in res.items():
       if n != "1":
-        rows.append({"method": f"best-of-{n}", "gold": r["gold"], "kl": r["kl"],
-                     "samples": f"{n} per prompt at inference (KL exact)"})
+        bound = r.get("kl_upper_bound", r.get("kl"))  # "kl": the bound, in older files
+        est = r.get("kl_estimate")
+        rows.append({"method": f"best-of-{n}", "gold": r["gold"],
+                     "kl": bound if est is None else est,
+                     "samples": f"{n} per prompt at inference (KL: " + (
+                         "upper bound)" if est is None else
+                         f"plug-in estimate; upper bound {bound:.2f})")})
   for m in ("ppo", "a2c", "grpo", "rloo"):
     if m in configs:
       s = _load(os.path.join(configs[m].workdir, "summary.json"))

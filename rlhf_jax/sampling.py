@@ -19,6 +19,7 @@ import numpy as np
 
 from rlhf_jax.errors import ConfigError, ShapeError
 from rlhf_jax.models import Decoder, KVCache, ModelConfig
+from rlhf_jax.models.param_kinds import is_weight_matrix, leaf_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,15 +69,18 @@ def _pick(logits_BxV, rng, cfg: SamplingConfig):
 def compute_copy(params, model_cfg: ModelConfig):
   """params with every weight matrix already in the compute dtype (bf16 when the master copy is
   fp32): a decode step then reads half the bytes. Each matrix is cast at its use anyway, so the
-  values the model computes with are unchanged; norms, biases and a score head keep their dtype.
+  values the model computes with are unchanged. Which leaves are matrices is read from their
+  names (`param_kinds.is_weight_matrix`), not their rank: under scan_layers the norm scales and
+  biases are [L, D], and the norms compute in float32 with them, as the trainer does. A score
+  head (computed in float32) keeps its dtype too.
   """
   cd = model_cfg.compute_dtype
   if model_cfg.storage_dtype == cd:
     return params
 
   def cast(path, x):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and not name.startswith("score"):
+    if (is_weight_matrix(path) and jnp.issubdtype(x.dtype, jnp.floating)
+        and not leaf_name(path).startswith("score")):
       return x.astype(cd)
     return x
 

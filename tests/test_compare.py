@@ -27,8 +27,9 @@ def test_collect_builds_one_row_per_method(tmp_path):
            {"final": {"eval_gold": 3.0 + i, "eval_kl": 4.0}, "samples": 640, "iteration": 10})
   _write(str(tmp_path / "dpo0" / "eval_policy.json"), {"DPO": {"gold": 2.5, "kl": 6.0}})
   _write(str(tmp_path / "best_of_n0" / "best_of_n.json"),
-         {"1": {"gold": 1.5, "kl": 0.0}, "4": {"gold": 2.0, "kl": 0.636},
-          "16": {"gold": 2.4, "kl": 1.835}})
+         {"1": {"gold": 1.5, "kl_upper_bound": 0.0, "kl_estimate": 0.0},
+          "4": {"gold": 2.0, "kl_upper_bound": 0.636, "kl_estimate": 0.41},
+          "16": {"gold": 2.4, "kl_upper_bound": 1.835, "kl_estimate": 1.27}})
   _write(str(tmp_path / "rejection_sampling1" / "eval_policy.json"),
          {"start (reference)": {"gold": 1.5, "kl": 0.0}, "SFT": {"gold": 2.2, "kl": 1.1}})
   rows = compare.collect(configs)
@@ -40,8 +41,10 @@ def test_collect_builds_one_row_per_method(tmp_path):
   grpo = rows[names.index("GRPO")]
   assert grpo["gold"] == 5.0 and "8 prompts x 8" in grpo["samples"]
   assert "64 prompts" in rows[names.index("PPO")]["samples"]
+  bo16 = rows[names.index("best-of-16")]  # the estimate in the KL column, the bound beside it
+  assert bo16["kl"] == 1.27 and "upper bound 1.83" in bo16["samples"]
   table = compare.format_table(rows)
-  assert "best-of-16" in table and "1.83" in table
+  assert "best-of-16" in table and "1.27" in table
 
 
 def test_cli_rejects_unknown_methods():

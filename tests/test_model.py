@@ -212,22 +212,44 @@ def test_bf16_compute_keeps_fp32_params_and_tracks_fp32_logits():
   assert float(jnp.max(jnp.abs(lo - hi))) > 0  # bf16 really was used
 
 
-def test_compute_copy_changes_no_value_the_model_computes_with():
+_MATRIX_SUFFIXES = ("_kernel", "_lora_a", "_lora_b")  # and the embedding tables, the LM head
+
+
+def _read_in_compute_dtype(path):
+  """Whether the forward casts this leaf to the compute dtype at its every use: the weight
+  matrices, by their names (not norm scales and biases, which the norms use in float32, nor the
+  score head, computed in float32)."""
+  name = str(path[-1].key)
+  return (name.endswith(_MATRIX_SUFFIXES) or name in ("embed", "pos_embed", "lm_head")) \
+      and not name.startswith("score")
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_compute_copy_changes_no_value_the_model_computes_with(scan):
   # A sampler casts the fp32 master weights to bf16 once; the forward casts each matrix at its
-  # use anyway. So the copy computes exactly what the master weights rounded to bf16 compute.
+  # use anyway. So the copy computes exactly what the master weights with their matrices
+  # rounded to bf16 compute. Under scan_layers the norm scales and biases are [L, D]: rank says
+  # "matrix", but the norms compute with them in float32, so the copy keeps them (issue 14).
   # (Not bitwise what the fp32 master weights compute on the CPU: XLA's excess-precision
   # rewrite there may drop an f32 -> bf16 -> f32 round trip and multiply unrounded weights.)
   def rounded(path, x):
-    keep = x.ndim < 2 or str(path[-1].key).startswith("score")
-    return x if keep else x.astype(jnp.bfloat16).astype(jnp.float32)
+    return x.astype(jnp.bfloat16).astype(jnp.float32) if _read_in_compute_dtype(path) else x
 
-  for cfg in (LLAMA.replace(dtype="bfloat16"), GPT2.replace(dtype="bfloat16")):
+  for base in (LLAMA, GPT2):
+    cfg = base.replace(dtype="bfloat16", scan_layers=scan, lora_rank=0 if scan else 2)
     params = _perturb(init_params(cfg, jax.random.key(3), heads="lm+score"))
     copy = compute_copy(params, cfg)
     leaves = jax.tree_util.tree_leaves_with_path(copy)
-    assert any(x.dtype == jnp.bfloat16 for _, x in leaves)
-    assert all(x.dtype == jnp.float32 for p, x in leaves
-               if x.ndim < 2 or str(p[-1].key).startswith("score"))
+    masters = jax.tree.leaves(params)
+    for (p, x), master in zip(leaves, masters):
+      if _read_in_compute_dtype(p):
+        assert x.dtype == jnp.bfloat16, jax.tree_util.keystr(p)
+      else:  # norm gains, biases, the score head: the master values, bitwise
+        assert x.dtype == jnp.float32, jax.tree_util.keystr(p)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(master))
+    assert any("norm" in jax.tree_util.keystr(p) and x.ndim == 2 for p, x in leaves) == scan
+    if not scan:
+      continue  # the forwards below are the scanned model's (the one issue 14 is about)
     tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, cfg.vocab_size)
     mask = jnp.ones_like(tokens, bool)
     a = forward(cfg, jax.tree_util.tree_map_with_path(rounded, params), tokens, mask,

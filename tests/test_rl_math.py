@@ -39,6 +39,25 @@ def test_kl_estimators_match_numpy_and_their_expectations():
     kl.kl_per_token(logp, ref, "k4")
 
 
+@pytest.mark.parametrize("estimator", kl.KL_ESTIMATORS)
+def test_masked_kl_matches_numpy_and_stays_finite_past_eos(estimator):
+  # Past EOS the reference log-probs are zeroed while the policy's may be far below -88 (a low
+  # temperature, a peaked policy): k3's expm1 would overflow there. Masking before the
+  # estimator keeps the value and its gradient finite, and the masked tail exactly 0.
+  rng = np.random.default_rng(3)
+  mask = _prefix_masks(rng, 5, 9)
+  logp = np.where(mask, rng.normal(-2, 1, (5, 9)), -300.0).astype(np.float32)
+  ref = np.where(mask, rng.normal(-2, 1, (5, 9)), 0.0).astype(np.float32)
+  lr = (ref - logp).astype(np.float64)
+  want = {"k1": -lr, "k2": 0.5 * lr ** 2, "k3": np.expm1(lr) - lr}[estimator]
+  got = kl.masked_kl_per_token(jnp.asarray(logp), jnp.asarray(ref), jnp.asarray(mask), estimator)
+  np.testing.assert_allclose(np.asarray(got), np.where(mask, want, 0.0), rtol=1e-5, atol=1e-6)
+  grad = jax.grad(lambda lp: jnp.sum(kl.masked_kl_per_token(lp, ref, mask, estimator)))(
+      jnp.asarray(logp))
+  assert np.all(np.isfinite(np.asarray(grad)))
+  assert np.all(np.asarray(grad)[~mask] == 0)
+
+
 def test_adaptive_kl_controller_matches_ziegler_et_al():
   def ref(beta, kl_value, n, target, horizon):
     err = min(max(kl_value / target - 1, -0.2), 0.2)
@@ -202,6 +221,18 @@ def test_rl_config_names_the_bad_field():
     RLConfig(rollout_batch=10, minibatches=3)
   with pytest.raises(ConfigError, match=r"unknown field\(s\) \['epoch'\]"):
     RLConfig.from_dict({"epoch": 2})
+
+
+def test_rl_config_refuses_filtered_sampling_and_a_stuck_kl_controller():
+  # Top-k / top-p sample another distribution than the policy whose log-probs PPO reads.
+  with pytest.raises(ConfigError, match=r"rl.top_k=40.*Set rl.top_k=0"):
+    RLConfig(top_k=40)
+  with pytest.raises(ConfigError, match=r"rl.top_p=0.9.*Set rl.top_p=1.0"):
+    RLConfig(top_p=0.9)
+  # The adaptive controller multiplies beta: from 0 it never moves.
+  with pytest.raises(ConfigError, match=r"rl.adaptive_kl=True with rl.kl_coef=0"):
+    RLConfig(kl_coef=0.0)
+  assert RLConfig(kl_coef=0.0, adaptive_kl=False).kl_coef == 0.0  # a fixed beta of 0 is fine
 
 
 def test_group_advantages_match_numpy():

@@ -76,6 +76,19 @@ def normalized_rewards(rm: RewardModel, params, tokens_BxT, mask_BxT):
   return rm.gain * raw_rewards(params, rm.model_cfg, tokens_BxT, mask_BxT) + rm.bias
 
 
+def normalized_head(params, gain: float, bias: float):
+  """A score model's params whose head gives gain·score + bias at every position: the reward
+  model's normalisation folded into score_kernel and score_bias (a linear head, so exact up to
+  rounding). A critic that starts from the reward model starts from these: its first values are
+  then on the scale of the rewards it predicts (with "last" pooling, the normalised reward of
+  the prefix ending at each position), not the raw head's."""
+  out = dict(params)
+  k, b = params["score_kernel"], params["score_bias"]
+  out["score_kernel"] = (k * gain).astype(k.dtype)
+  out["score_bias"] = (b * gain + bias).astype(b.dtype)
+  return out
+
+
 def load_reward_model(workdir: str, config, name: str | None = None) -> RewardModel:
   """The latest params of a reward-model workdir on `config.mesh`, with its normalisation."""
   from rlhf_jax.train import model_init  # pylint: disable=g-import-not-at-top

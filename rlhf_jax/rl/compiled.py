@@ -3,7 +3,8 @@
 `compile_rl(...)` returns `RLFunctions`:
   generate(params, prompt [B, P], prompt_mask, rng) -> {"tokens", "mask", "logprobs"} [B, N]
   score(params, ref_params, critic_params, rm_params, beta, prompt, prompt_mask, response,
-        response_mask) -> the scored rollout (`rollout.score_rollout`)
+        response_mask, response_logprobs) -> the scored rollout (`rollout.score_rollout`);
+        response_logprobs are generate's, for the sampler-vs-trainer log-prob check
   update(policy, critic, rollout, rng, ptx) -> (policy, critic, metrics), donating the policy
         and critic states it replaces
 Params and states come in with the shardings their rules give; batches are sharded over the
@@ -57,19 +58,20 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
     return sampling.generate(params, prompt, prompt_mask, rng, model_cfg=model_cfg, cfg=scfg,
                              eos_id=eos_id, pad_id=pad_id)
 
-  def _score(params, ref, critic, rms, beta, prompt, prompt_mask, resp, resp_mask):
+  def _score(params, ref, critic, rms, beta, prompt, prompt_mask, resp, resp_mask, resp_logp):
     tokens = jnp.concatenate([prompt, resp], axis=1)
     mask = jnp.concatenate([prompt_mask, resp_mask], axis=1)
     return score_rollout(params, ref, critic, rms, beta, tokens, mask, resp_mask,
                          model_cfg=model_cfg, critic_cfg=critic_cfg, heads=heads,
-                         reward_models=reward_models, rule=rule, cfg=cfg, eos_id=eos_id)
+                         reward_models=reward_models, rule=rule, cfg=cfg, eos_id=eos_id,
+                         sample_logprobs_BxN=resp_logp)
 
   gen_jit = jax.jit(with_rules(_generate, rules),
                     in_shardings=(policy_shardings.params, bsh(2), bsh(2), rep),
                     out_shardings={"tokens": bsh(2), "mask": bsh(2), "logprobs": bsh(2)})
   score_jit = jax.jit(with_rules(_score, rules), in_shardings=(
       policy_shardings.params, ref_sh, cri_params_sh, rm_sh, rep, bsh(2), bsh(2), bsh(2),
-      bsh(2)))
+      bsh(2), bsh(2)))
   ptx_sh = None
   if with_ptx:
     spec = PartitionSpec(None, dict(rules).get("batch"), None)

@@ -29,8 +29,11 @@ class RLConfig:
   kl_penalty: str = "reward"
   max_new_tokens: int = 32  # longest sampled response
   temperature: float = 1.0  # the policy's log-probs in the loss use the same temperature
-  top_k: int = 0  # sample among the k likeliest tokens; 0 = all
-  top_p: float = 1.0  # nucleus sampling; 1 = off
+  # Kept at "off" (checked): RL samples the policy it trains. A top-k / nucleus filter samples
+  # another distribution, while the log-probs PPO's ratio and the KL read are the unfiltered
+  # policy's, so the update would correct for the wrong sampler.
+  top_k: int = 0  # must stay 0
+  top_p: float = 1.0  # must stay 1
   epochs: int = 4  # passes over the rollout batch per iteration
   minibatches: int = 4  # per epoch
   clip_eps: float = 0.2  # PPO ratio clipping (A2C: none)
@@ -42,7 +45,8 @@ class RLConfig:
   whiten_advantages: bool = True  # advantages to mean 0, std 1 over the batch's tokens
   kl_estimator: str = "k1"  # in the reward: k1, k2 or k3
   kl_coef: float = 0.1  # β, initial value (fixed when adaptive_kl is False)
-  adaptive_kl: bool = True  # Ziegler et al.'s controller moves β towards kl_target
+  # Ziegler et al.'s controller moves β towards kl_target; it scales β, so it needs kl_coef > 0
+  adaptive_kl: bool = True
   kl_target: float = 6.0  # nats per sequence
   kl_horizon: float = 10000.0  # samples
   reward_scale: float = 1.0  # applied to the (normalised) RM score
@@ -54,7 +58,7 @@ class RLConfig:
   ptx_coef: float = 0.0  # InstructGPT's PPO-ptx: γ · LM loss on SFT batches in the policy loss
   ptx_batch: int = 16  # rows of SFT data per minibatch when ptx_coef > 0
   critic: str = "separate"  # "shared": a value head on the policy trunk; "none" (grpo, rloo)
-  critic_init: str = "reward"  # separate critic starts from the reward model or "sft"
+  critic_init: str = "reward"  # separate critic: from the reward model (normalised head) or "sft"
 
   def __post_init__(self):
     checks = (
@@ -79,6 +83,14 @@ class RLConfig:
     for name, ok in checks:
       if not ok:
         raise ConfigError(f"rl.{name}={getattr(self, name)!r} is out of range")
+    for name, off in (("top_k", 0), ("top_p", 1.0)):
+      if getattr(self, name) != off:
+        raise ConfigError(f"rl.{name}={getattr(self, name)!r}: RL samples the policy it trains, "
+                          f"unfiltered; top-k / top-p sampling draws from another distribution "
+                          f"than the one PPO's ratio and the KL read. Set rl.{name}={off!r}")
+    if self.adaptive_kl and self.kl_coef == 0:
+      raise ConfigError("rl.adaptive_kl=True with rl.kl_coef=0: the controller multiplies β, so "
+                        "from 0 it never moves; set rl.kl_coef > 0 or rl.adaptive_kl=False")
     group = self.algorithm in GROUP_ALGORITHMS
     if group and self.group_size < 2:
       raise ConfigError(f"rl.algorithm={self.algorithm!r} needs rl.group_size >= 2 (responses "

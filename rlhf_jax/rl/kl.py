@@ -29,6 +29,16 @@ def kl_per_token(logp_BxN, ref_logp_BxN, estimator: str = "k1"):
   raise ValueError(f"KL estimator {estimator!r} is not one of {KL_ESTIMATORS}")
 
 
+def masked_kl_per_token(logp_BxN, ref_logp_BxN, mask_BxN, estimator: str = "k1"):
+  """float32[B, N]: `kl_per_token` on the response tokens, exactly 0 elsewhere. The log-probs
+  are masked BEFORE the estimator: past EOS the slots hold whatever the caller left there (a
+  zeroed reference against a policy log-prob of −100, say), and k3's expm1 of that overflows to
+  inf, which a mask applied afterwards turns into inf·0 = NaN, in the value and the gradient."""
+  m = mask_BxN.astype(bool)
+  est = kl_per_token(jnp.where(m, logp_BxN, 0.0), jnp.where(m, ref_logp_BxN, 0.0), estimator)
+  return jnp.where(m, est, 0.0)
+
+
 def adaptive_kl_coef(beta, kl, n_samples, target: float, horizon: float):
   """β after one batch whose mean sequence KL was `kl` (Ziegler et al. 2019, proportional
   controller with the error clipped to ±20%)."""

@@ -66,7 +66,7 @@ def update(policy, critic, rollout, rng, ptx=None, beta=0.0, *, cfg: RLConfig, m
     loss = pg - cfg.entropy_coef * ent
     met["entropy"] = ent
     if cfg.kl_penalty == "loss":
-      kl_tok = kl_lib.kl_per_token(out["logprobs"], rows["ref_logprobs"], "k3")
+      kl_tok = kl_lib.masked_kl_per_token(out["logprobs"], rows["ref_logprobs"], mask, "k3")
       kl = masked_mean(kl_tok, mask)
       loss = loss + beta * kl
       met["kl_loss"] = kl

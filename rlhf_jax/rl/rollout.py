@@ -13,6 +13,11 @@ per-token quantity of the response (log-probs, entropy, values) reads columns P�
                without a critic),
   score        the reward models' combined, normalised score at the last response token, or
                rl.missing_eos_score for responses that never emitted EOS,
+the sampler-vs-trainer check, when given the sampler's own log-probs of the response:
+  logprob_diff_mean / logprob_diff_max   mean and max over response tokens of
+               |sampler log-prob − teacher-forced "old" log-prob| (`logprob_gap`): both are the
+               same policy, so anything above rounding means PPO's ratio is not against the
+               distribution that sampled (a bf16 sampler drifting from the fp32 trainer, say),
 and from them the per-token rewards and the advantages: GAE (whitened) and returns with a
 critic; with GRPO / RLOO the group-relative advantage of each response's reward (the RM score,
 minus β·KL when rl.kl_penalty="reward"), on every token of the response.
@@ -54,6 +59,13 @@ def response_outputs(model_cfg, params, tokens_BxL, mask_BxL, prompt_width: int,
   return res
 
 
+def logprob_gap(sample_logp_BxN, scored_logp_BxN, resp_mask_BxN):
+  """(mean, max) over response tokens of |sampler log-prob − scored log-prob|; 0 without any."""
+  m = resp_mask_BxN.astype(bool)
+  gap = jnp.where(m, jnp.abs(sample_logp_BxN - scored_logp_BxN), 0.0)
+  return jnp.sum(gap) / jnp.maximum(jnp.sum(m), 1), jnp.max(gap)
+
+
 def sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL):
   """(float32[B] combined normalised score, {name: [B]}) of whole rows."""
   each = {rm.name: rm.gain * raw_rewards(p, rm.model_cfg, tokens_BxL, mask_BxL) + rm.bias
@@ -63,9 +75,10 @@ def sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL):
 
 def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL, mask_BxL,
                   resp_mask_BxN, *, model_cfg, critic_cfg, heads: str, reward_models, rule,
-                  cfg: RLConfig, eos_id: int):
+                  cfg: RLConfig, eos_id: int, sample_logprobs_BxN=None):
   """The scored rollout: a dict of [B, N] / [B] arrays (see the module doc) plus the rewards,
-  "advantages" and "returns" the update reads, and the KL of each row."""
+  "advantages" and "returns" the update reads, and the KL of each row; with the sampler's
+  log-probs, the scalars "logprob_diff_mean" and "logprob_diff_max"."""
   n = resp_mask_BxN.shape[1]
   p = tokens_BxL.shape[1] - n
   resp_mask = resp_mask_BxN.astype(bool)
@@ -91,7 +104,7 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
   if cfg.missing_eos == "penalty":
     score = jnp.where(has_eos, score, cfg.missing_eos_score)
 
-  kl_tok = jnp.where(resp_mask, kl_lib.kl_per_token(logp, ref_logp, cfg.kl_estimator), 0.0)
+  kl_tok = kl_lib.masked_kl_per_token(logp, ref_logp, resp_mask, cfg.kl_estimator)
   beta_reward = beta if cfg.kl_penalty == "reward" else jnp.zeros_like(beta)
   rewards = adv_lib.token_rewards(score, kl_tok, resp_mask, beta_reward)
   if cfg.algorithm in GROUP_ALGORITHMS:
@@ -112,4 +125,7 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
       "has_eos": has_eos, "kl_seq": jnp.sum(kl_tok, axis=1), "kl_k1_seq": jnp.sum(k1, axis=1),
   }
   out.update({f"rm_{name}": s for name, s in each.items()} if len(each) > 1 else {})
+  if sample_logprobs_BxN is not None:
+    out["logprob_diff_mean"], out["logprob_diff_max"] = logprob_gap(sample_logprobs_BxN, logp,
+                                                                    resp_mask)
   return out

@@ -1,17 +1,24 @@
 """Best-of-n: sample n responses per prompt, keep the one the reward model scores highest.
 
-The classic baseline of RLHF evaluations: it needs no training, its KL to the sampling policy
-is known in closed form, KL(best-of-n ‖ π) = log n − (n − 1)/n (Stiennon et al. 2020), and it
-shows how far the reward model alone can lift the true objective at that KL. `run` samples
+The classic baseline of RLHF evaluations: it needs no training, and it shows how far the reward
+model alone can lift the true objective at a given KL to the sampling policy. `run` samples
 max(ns) responses for each held-out prompt from one policy (the SFT workdir by default), scores
 them with the reward model(s) exactly as the RL stage does, and for each n in `best_of_n.ns`
 keeps the best of the first n samples of every prompt. It reports the mean RM score, the mean
-gold score on the built-in task and the analytic KL, prints a table, and writes
-`best_of_n.json` and `best_of_n.jsonl` (the best response of each prompt at the largest n, as
-prompt/response records). With `best_of_n.prompts="train"` it samples the RL training prompts
-instead: the data of rejection-sampling fine-tuning, Llama 2's "RS" step, which
-`configs/sft.py:rejection_sampling` fine-tunes the SFT policy on (`configs/best_of_n.py:train`
-writes it where that preset reads it).
+gold score on the built-in task and two KLs of best-of-n to the sampling policy:
+  kl_upper_bound  log n − (n − 1)/n (Stiennon et al. 2020's formula). Beirami et al. 2024
+                  ("Theoretical guarantees on the best-of-n alignment policy") show it is an upper
+                  bound, reached only when no response has appreciable probability; it is loose
+                  when samples repeat.
+  kl_estimate     the plug-in estimate, per prompt the exact KL of best-of-n under the empirical
+                  distribution of the prompt's max(ns) samples (`kl_of_best_of_n` on their
+                  distinct responses and frequencies), averaged over prompts; see
+                  docs/best_of_n.md for what it assumes and its bias.
+It prints a table and writes `best_of_n.json` and `best_of_n.jsonl` (the best response of each
+prompt at the largest n, as prompt/response records). With `best_of_n.prompts="train"` it
+samples the RL training prompts instead: the data of rejection-sampling fine-tuning, Llama 2's
+"RS" step, which `configs/sft.py:rejection_sampling` fine-tunes the SFT policy on
+(`configs/best_of_n.py:train` writes it where that preset reads it).
 """
 
 from __future__ import annotations
@@ -34,9 +41,44 @@ RESULT_FILE = "best_of_n.json"
 SAMPLES_FILE = "best_of_n.jsonl"
 
 
-def kl_best_of_n(n: int) -> float:
-  """Nats: the KL of the best-of-n policy to the policy it samples from."""
+def kl_upper_bound(n: int) -> float:
+  """Nats: log n − (n − 1)/n, an upper bound on KL(best-of-n ‖ π) for any π (Beirami et al.
+  2024); the KL itself when every response has vanishing probability."""
   return math.log(n) - (n - 1) / n
+
+
+def best_of_n_probs(probs_K: np.ndarray, scores_K: np.ndarray, n: int) -> np.ndarray:
+  """float64[K]: the best-of-n distribution over K distinct outcomes of probabilities probs_K and
+  scores scores_K. The outcomes tied at a score s get P(max of n scores = s) = F(s)^n − F(<s)^n,
+  shared in proportion to π (`pick` keeps the first sample among tied maxima, and each sample is
+  any outcome of that score in proportion to π)."""
+  p = np.asarray(probs_K, np.float64)
+  s = np.asarray(scores_K, np.float64)
+  at_most = np.array([p[s <= x].sum() for x in s])  # F(s_k)
+  tied = np.array([p[s == x].sum() for x in s])  # π of the outcomes tied with k
+  return (at_most ** n - (at_most - tied) ** n) * p / tied
+
+
+def kl_of_best_of_n(probs_K, scores_K, n: int) -> float:
+  """Nats: KL(best-of-n ‖ π) exactly, for π a distribution over K distinct outcomes."""
+  p = np.asarray(probs_K, np.float64)
+  q = best_of_n_probs(p, scores_K, n)
+  live = q > 0
+  return float(np.sum(q[live] * np.log(q[live] / p[live])))
+
+
+def kl_estimate(keys_PxM, scores_PxM: np.ndarray, n: int) -> float:
+  """Nats: the mean over prompts of `kl_of_best_of_n` under the empirical distribution of each
+  prompt's M samples (keys_PxM: any hashable per sample, equal for equal responses)."""
+  kls = []
+  for keys, scores in zip(keys_PxM, scores_PxM):
+    first = {}
+    for k, sc in zip(keys, scores):
+      first.setdefault(k, [sc, 0])[1] += 1
+    sc = np.array([v[0] for v in first.values()])
+    counts = np.array([v[1] for v in first.values()], np.float64)
+    kls.append(kl_of_best_of_n(counts / counts.sum(), sc, n))
+  return float(np.mean(kls))
 
 
 def parse_ns(text) -> list[int]:
@@ -88,7 +130,7 @@ def run(config, workdir: str) -> dict:
   rm_params = [m.params for m in models]
   score = jax.jit(lambda ps, t, m: sequence_scores(models, rule, ps, t, m)[0])
 
-  rm_all, gold_all, texts = [], [], []
+  rm_all, gold_all, texts, keys = [], [], [], []
   with jax.set_mesh(mesh):
     for start in range(0, len(prompts), b.prompts_per_call):
       part = prompts[start:start + b.prompts_per_call]
@@ -109,16 +151,18 @@ def run(config, workdir: str) -> dict:
         g = data.gold_fn(np.where(mask, tok, tokenizer.pad_id),
                          np.where(rmask, resp, tokenizer.pad_id))
         gold_all.append(np.asarray(g)[:k].reshape(-1, n_max))
-      texts += [tokenizer.decode([int(t) for t, m in zip(resp[i], rmask[i]) if m])
-                for i in range(k)]
+      keys += [tuple(int(t) for t, m in zip(resp[i], rmask[i]) if m) for i in range(k)]
+      texts += [tokenizer.decode(list(x)) for x in keys[-k:]]
   rm_pn = np.concatenate(rm_all)
+  keys_pn = [keys[i:i + n_max] for i in range(0, len(keys), n_max)]
   gold_pn = np.concatenate(gold_all) if gold_all else None
   results = {}
   for n in ns:
     idx = pick(rm_pn, n)
     rows_ = np.arange(len(idx))
-    r = {"n": n, "kl": kl_best_of_n(n), "rm_score": float(rm_pn[rows_, idx].mean()),
-         "prompts": int(len(idx))}
+    r = {"n": n, "kl_upper_bound": kl_upper_bound(n),
+         "kl_estimate": kl_estimate(keys_pn, rm_pn, n),
+         "rm_score": float(rm_pn[rows_, idx].mean()), "prompts": int(len(idx))}
     if gold_pn is not None:
       g = gold_pn[rows_, idx]
       r.update(gold=float(g.mean()), gold_std=float(g.std()))
@@ -126,10 +170,13 @@ def run(config, workdir: str) -> dict:
   best = pick(rm_pn, n_max)
   lines = [f"[best_of_n] {len(prompts)} {split} prompts, {n_max} samples each at temperature "
            f"{b.temperature}, from {config.init.from_workdir or config.init.hf_checkpoint}:",
-           f"  {'n':>4} {'KL (nats)':>10} {'RM score':>10}" + (f" {'gold':>8}"
-                                                           if gold_pn is not None else "")]
+           f"  {'n':>4} {'KL bound':>10} {'KL est.':>10} {'RM score':>10}" + (
+               f" {'gold':>8}" if gold_pn is not None else ""),
+           "  (KL in nats: the upper bound log n − (n−1)/n, and the plug-in estimate over each "
+           f"prompt's {n_max} samples)"]
   for r in results.values():
-    lines.append(f"  {r['n']:>4} {r['kl']:>10.3f} {r['rm_score']:>10.3f}" +
+    lines.append(f"  {r['n']:>4} {r['kl_upper_bound']:>10.3f} {r['kl_estimate']:>10.3f} "
+                 f"{r['rm_score']:>10.3f}" +
                  (f" {r['gold']:>8.3f}" if "gold" in r else ""))
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)

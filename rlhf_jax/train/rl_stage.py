@@ -33,7 +33,7 @@ from rlhf_jax import checkpoint, metrics, nonfinite, parallel, preemption, sampl
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError, DataError, NonFiniteError, Preempted
 from rlhf_jax.models import lora
-from rlhf_jax.reward.model import check_tokenizers, load_reward_models
+from rlhf_jax.reward.model import check_tokenizers, load_reward_models, normalized_head
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import ALGORITHMS, RLConfig
@@ -95,6 +95,7 @@ def run(config, workdir: str) -> dict:
     if cfg.critic_init == "reward":
       critic_cfg, critic_params = model_init.load_workdir_params(
           reward_models[0].workdir, config, heads="score")
+      critic_params = normalized_head(critic_params, reward_models[0].gain, reward_models[0].bias)
       critic_cfg = lora.configure(critic_cfg, config.model)  # LoRA trains the critic's too
       critic_params = lora.attach(critic_params, critic_cfg, "score", config.seed)
     else:
@@ -164,7 +165,7 @@ def run(config, workdir: str) -> dict:
     jax.block_until_ready(gen)
     t1 = time.perf_counter()
     ro = fns.score(st.params, reference(st), critic_params_of(st), rm_params, st.kl_coef, dev["t"],
-                   dev["m"], gen["tokens"], gen["mask"])
+                   dev["m"], gen["tokens"], gen["mask"], gen["logprobs"])
     jax.block_until_ready(ro)
     t2 = time.perf_counter()
     resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
@@ -186,6 +187,8 @@ def run(config, workdir: str) -> dict:
            f"{prefix}length": lengths.mean(), f"{prefix}eos_rate": h["has_eos"].mean()}
     if cfg.kl_estimator != "k1":
       out[f"{prefix}kl_{cfg.kl_estimator}"] = h["kl_seq"].mean()
+    for k in ("logprob_diff_mean", "logprob_diff_max"):  # sampler vs teacher-forced policy
+      out[f"{prefix}{k}"] = float(parallel.to_host(ro[k]))
     if gold is not None:
       out[f"{prefix}gold"] = float(np.mean(gold))
       out[f"{prefix}gold_std"] = float(np.std(gold))

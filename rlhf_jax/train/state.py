@@ -19,6 +19,7 @@ import optax
 from rlhf_jax import parallel
 from rlhf_jax.errors import ConfigError, reject_unknown_fields
 from rlhf_jax.models import Decoder, ModelConfig
+from rlhf_jax.models.param_kinds import is_weight_matrix
 
 
 @flax.struct.dataclass
@@ -31,7 +32,9 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """AdamW with linear warm-up and cosine decay, global-norm clipping, decay on matrices only."""
+  """AdamW with linear warm-up and cosine decay, global-norm clipping, weight decay on weight
+  matrices only (kernels and embedding tables; never norm gains or biases: see
+  `models.param_kinds`)."""
 
   learning_rate: float = 1e-3
   warmup_steps: int = 20
@@ -68,8 +71,8 @@ class OptimConfig:
     """The transformation; `trainable` (params -> a bool per leaf, e.g. `lora.trainable`)
     restricts it to those leaves: the others get zero updates, no moments, no weight decay, and
     the clipping norm is over the trained leaves only."""
-    def decay_mask(params):
-      return jax.tree.map(lambda p: p.ndim >= 2, params)
+    def decay_mask(params):  # by name, not rank: scanned norm gains are [L, D]
+      return jax.tree_util.tree_map_with_path(lambda path, _: is_weight_matrix(path), params)
 
     parts = [optax.clip_by_global_norm(self.grad_clip_norm)] if self.grad_clip_norm else []
     parts.append(optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, eps=self.eps,
