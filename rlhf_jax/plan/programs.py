@@ -166,7 +166,8 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
   div = parallel.batch_divisor(mesh, rules)
   rep = parallel.replicated(mesh)
   prompt = _batch(mesh, rules, {"t": ((b, p), jnp.int32), "m": ((b, p), bool)})
-  resp = _batch(mesh, rules, {"t": ((b, n), jnp.int32), "m": ((b, n), bool)})
+  resp = _batch(mesh, rules, {"t": ((b, n), jnp.int32), "m": ((b, n), bool),
+                              "lp": ((b, n), jnp.float32)})
   ref_abs, ref_sh = param_shardings(base, mesh, rules, "lm")
   rm_abs, rm_sh = param_shardings(base, mesh, rules, "score")
   pol_params = _with_shardings(abstract.params, shardings.params)
@@ -189,7 +190,7 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
   score.xla = memory.xla_figures(_compile(
       fns.jitted["score"], pol_params, None if pol.lora_rank else _with_shardings(ref_abs, ref_sh),
       critic_params, [_with_shardings(rm_abs, rm_sh)], beta, prompt["t"], prompt["m"], resp["t"],
-      resp["m"]))
+      resp["m"], resp["lp"]))
   rows = _batch(mesh, rules, {k: ((b, p + n) if k in ("tokens", "attention_mask") else (b, n),
                                   jnp.int32 if k == "tokens" else
                                   (bool if k.endswith("mask") else jnp.float32))
