@@ -34,8 +34,9 @@ def get_config(arg=None):
   })
   c.data.max_len = 64
   c.data.eval_fraction = 0.2
-  # A validation slice of the training comparisons: periodic evals read it, and the held-out
-  # split is read once at the end (choose settings on it, not on the held-out split).
+  # A validation slice of the training comparisons: periodic evals read it (choose settings on
+  # it). Without one they read training comparisons (logged as train_slice_*). Either way the
+  # held-out split is read once, after training.
   c.data.valid_fraction = 0.0
   c.data.builtin_train = 4000  # prompts, each with num_responses ranked samples
   c.data.builtin_eval = 400
