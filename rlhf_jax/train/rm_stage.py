@@ -83,7 +83,9 @@ def run(config, workdir: str) -> dict:
 
   def evaluate(params, step):
     ev = rm_report.comparison_metrics(eval_rewards(params, eval_comps), eval_comps, data.k)
-    return {f"{prefix}_{k}": v for k, v in ev.items() if isinstance(v, (int, float))}
+    # Numbers only; a subset with no pairs (nan, e.g. no pair where the shorter won) is left out.
+    return {f"{prefix}_{k}": v for k, v in ev.items()
+            if isinstance(v, (int, float)) and np.isfinite(v)}
 
   state, step, history = train_loop(
       stage="reward", state=state, train_step=train_step, batches=batches, put=put,
