@@ -1,7 +1,7 @@
 """The reward-model stage end to end on the built-in task: it starts from the SFT policy's trunk,
 a resumed run equals an uninterrupted one bitwise, the saved normalisation makes the training
-prompts' SFT samples mean 0 / std 1 through the frozen-scorer API PPO uses, one RM step is the same on every mesh, and bad
-input stops with one clear line."""
+prompts' SFT samples mean 0 / std 1 through the frozen-scorer API PPO uses, one RM step is the
+same on every mesh, and bad input stops with one clear line."""
 
 import json
 import os

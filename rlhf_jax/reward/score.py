@@ -35,12 +35,16 @@ from rlhf_jax.reward import report as rm_report
 FORMATS = cmp.FORMATS + ("prompt_response",)
 
 
-def row_config(workdir: str, source: str, overrides: dict) -> cmp.ComparisonConfig:
-  """How to read `source`: the workdir's stored settings, then `overrides` (None = keep)."""
+def row_config(workdir: str, source: str, overrides: dict):
+  """(ComparisonConfig, format) to read `source`: the workdir's stored settings, then
+  `overrides` (None = keep)."""
   info = workdir_model.read_model_json(workdir)
   stored = dict(info.get("data") or {})
   if not stored:  # a workdir from before the settings were stored: the defaults, its length
     stored = {"max_len": int(info["model"]["max_seq_len"])}
+  unknown = sorted(set(overrides) - set(cmp.ROW_SETTINGS))
+  if unknown:
+    raise ConfigError(f"unknown setting(s) {unknown}; known: {cmp.ROW_SETTINGS}")
   stored.update({k: v for k, v in overrides.items() if v is not None})
   fmt = stored.pop("format", "hh")
   if fmt not in FORMATS:
@@ -81,7 +85,7 @@ def score_rows(rm, rows, seq_len: int, pad_id: int, batch_size: int) -> np.ndarr
 
 
 def run(workdir: str, source: str, out: str | None = None, report: str | None = None,
-        batch_size: int = 32, **overrides) -> dict:
+        batch_size: int = 32, response_field: str | None = None, **overrides) -> dict:
   """Scores `source`; returns {"records": n, "report": metrics or None}."""
   cfg, fmt = row_config(workdir, source, overrides)
   config = config_base.base_config("reward")
@@ -90,8 +94,7 @@ def run(workdir: str, source: str, out: str | None = None, report: str | None = 
   norm = {"gain": rm.gain, "bias": rm.bias}
   seq_len = cfg.max_len
   if fmt == "prompt_response":
-    rows = cmp.response_rows(read_records(source), tokenizer, cfg,
-                             overrides.get("response_field") or "response")
+    rows = cmp.response_rows(read_records(source), tokenizer, cfg, response_field or "response")
     raw = score_rows(rm, [r for _, r in rows], seq_len, tokenizer.pad_id, batch_size)
     records = ({"record": w, "reward": float(x), "normalized": rm.gain * float(x) + rm.bias}
                for (w, _), x in zip(rows, raw))
