@@ -193,3 +193,55 @@ def test_validation_slice_is_disjoint_from_train_and_eval(tmp_path):
   assert no_valid == prompts["eval"]
   train_all = {r[2]["prompt"] for r in cmp.split_records(cmp.ComparisonConfig(**base), "train")}
   assert train_all == prompts["train"] | prompts["valid"]
+
+
+def test_a_templated_pairs_prompt_is_not_wrapped_twice(tmp_path):
+  """A "pairs" prompt that already is an hh dialogue (as in hh-rlhf conversions) gives exactly
+  the rows the "hh" format gives for the same dialogues: one "Human:", not "Human: Human:"."""
+  turns = "\n\nHuman: where is the cat?\n\nAssistant: on the mat\n\nHuman: and the dog?"
+  hh = _write(tmp_path / "hh.jsonl", [{"chosen": turns + "\n\nAssistant: in the yard",
+                                       "rejected": turns + "\n\nAssistant: no idea"}])
+  pairs = _write(tmp_path / "pairs.jsonl",
+                 [{"prompt": turns + "\n\nAssistant:", "chosen": "in the yard",
+                   "rejected": "no idea"},
+                  {"prompt": turns.lstrip(), "chosen": "in the yard", "rejected": "no idea"}])
+  tok = _ByteTok()
+  want, _ = cmp.load_comparisons(cmp.ComparisonConfig(source=hh, format="hh",
+                                                      eval_fraction=0.0), tok, "train")
+  got, _ = cmp.load_comparisons(cmp.ComparisonConfig(source=pairs, format="pairs",
+                                                     eval_fraction=0.0), tok, "train")
+  assert len(got) == 2
+  for c in got:
+    text = tok.decode(c.rows[0])
+    assert text.count("Human:") == 2 and "Human: Human:" not in text  # two turns, no doubling
+    for a, b in zip(c.rows, want[0].rows):
+      np.testing.assert_array_equal(a, b)
+  # A plain prompt is still wrapped in the template; a dialogue ending on the assistant is an
+  # error naming the record.
+  plain, _ = cmp.load_comparisons(cmp.ComparisonConfig(
+      source=_write(tmp_path / "plain.jsonl", [{"prompt": "where is the cat?",
+                                                "chosen": "on the mat", "rejected": "no"}]),
+      format="pairs", eval_fraction=0.0), tok, "train")
+  assert tok.decode(plain[0].rows[0]).startswith("\n\nHuman: where is the cat?\n\nAssistant:")
+  bad = _write(tmp_path / "bad.jsonl", [{"prompt": "Human: hi\n\nAssistant: hello",
+                                          "chosen": "a", "rejected": "b"}])
+  with pytest.raises(DataError, match="bad.jsonl:1"):
+    cmp.load_comparisons(cmp.ComparisonConfig(source=bad, format="pairs", eval_fraction=0.0),
+                         tok, "train")
+
+
+def test_full_text_lengths_survive_truncation(tmp_path):
+  """The length baselines' inputs: words and characters of the whole responses, whatever
+  max_len cut from the rows."""
+  src = _write(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a b c d e f g h i j",
+                                       "rejected": "k l m"}])
+  comps, _ = cmp.load_comparisons(cmp.ComparisonConfig(
+      source=src, format="pairs", eval_fraction=0.0, max_len=16, prompt_template="{prompt}"),
+      _ByteTok(), "train")
+  c = comps[0]
+  assert c.truncated and c.words == (10, 3) and c.chars == (19, 5)
+  np.testing.assert_array_equal(cmp.response_lengths(comps, 2), [[10, 3]])
+  assert cmp.response_lengths(comps, 2, "tokens")[0, 0] < 20  # what the model saw: cut
+  assert cmp.truncated_fraction(comps) == 1.0
+  with pytest.raises(Exception, match="unit"):
+    cmp.response_lengths(comps, 2, "bytes")

@@ -1,7 +1,7 @@
 """The reward-model stage end to end on the built-in task: it starts from the SFT policy's trunk,
-a resumed run equals an uninterrupted one bitwise, the saved normalisation makes SFT samples mean
-0 / std 1 through the frozen-scorer API PPO uses, one RM step is the same on every mesh, and bad
-input stops with one clear line."""
+a resumed run equals an uninterrupted one bitwise, the saved normalisation makes the training
+prompts' SFT samples mean 0 / std 1 through the frozen-scorer API PPO uses, one RM step is the
+same on every mesh, and bad input stops with one clear line."""
 
 import json
 import os
@@ -103,20 +103,30 @@ def test_normalised_scorer_matches_the_stage(sft_workdir, tmp_path):
   out = stages.run(c, wd)
   rm = rm_model.load_reward_model(wd, c)
   assert rm.name == "rm" and rm.model_cfg.hidden == 32
-  evals, _ = cmp.comparisons_from_records(
-      ((f"x:{i}", i, json.loads(line)) for i, line in
-       enumerate(open(os.path.join(wd, "comparisons_eval.jsonl")))),
-      None, cmp.ComparisonConfig(source="x", format="ranked", max_len=40))
-  rows = [r for comp in evals for r in comp.rows]
+  def rows_of(name):
+    comps, _ = cmp.comparisons_from_records(
+        ((f"x:{i}", i, json.loads(line)) for i, line in
+         enumerate(open(os.path.join(wd, name)))),
+        None, cmp.ComparisonConfig(source="x", format="ranked", max_len=40))
+    return [r for comp in comps for r in comp.rows]
+
+  train_rows, rows = rows_of("comparisons_train.jsonl"), rows_of("comparisons_eval.jsonl")
+  score = jax.jit(lambda p, t, m: rm_model.normalized_rewards(rm, p, t, m))
+  # The normalisation was fitted on the training prompts' SFT samples (never on the held-out
+  # ones): mean 0, std 1 there.
+  width = max(len(r) for r in train_rows)
+  t_tokens = np.zeros((len(train_rows), width), np.int32)
+  t_mask = np.zeros((len(train_rows), width), bool)
+  for i, r in enumerate(train_rows):
+    t_tokens[i, :len(r)], t_mask[i, :len(r)] = r, True
+  zt = np.asarray(score(rm.params, t_tokens, t_mask))
+  np.testing.assert_allclose([zt.mean(), zt.std()], [0.0, 1.0], atol=1e-4)
   width = max(len(r) for r in rows)
   tokens = np.zeros((len(rows), width), np.int32)
   mask = np.zeros((len(rows), width), bool)
   for i, r in enumerate(rows):
     tokens[i, :len(r)], mask[i, :len(r)] = r, True
-  z = np.asarray(jax.jit(lambda p, t, m: rm_model.normalized_rewards(rm, p, t, m))(
-      rm.params, tokens, mask))
-  # The normalisation was fitted on exactly these SFT samples: mean 0, std 1.
-  np.testing.assert_allclose([z.mean(), z.std()], [0.0, 1.0], atol=1e-4)
+  z = np.asarray(score(rm.params, tokens, mask))
   # And the scorer agrees with the stage's own eval rewards (batched with other rows).
   norm = rm_model.read_normalization(wd)
   raw = (z - norm["bias"]) / norm["gain"]

@@ -512,7 +512,7 @@ def test_iterative_online_rlhf_two_rounds(upstream, tmp_path):
   data = rm_data.build(rm1, load_tokenizer("builtin"), str(tmp_path / "unused"))
   assert len(data.train) <= 40 and len(data.train) > 24
   with open(tmp_path / "rm_1" / "eval_report.json", encoding="utf-8") as f:
-    assert json.load(f)["pairs"] == len(data.eval) <= 8
+    assert json.load(f)["pairs"] == len(data.load_eval().comps) <= 8
   rl_rows = _log(str(tmp_path / "rl"), "ppo")
   assert max(r["step"] for r in rl_rows) == 4
   assert os.path.exists(tmp_path / "comparisons" / "train" / "round_1.jsonl")

@@ -56,6 +56,12 @@ class Comparison:
   ranks: tuple[int, ...]
   margin: float = 0.0
   group: str = ""  # where it came from (a file's subset folder), for per-source reports
+  # Each response's length in the FULL text, before any truncation to max_len: the length
+  # baselines use these (a truncated row's token count says nothing about its length).
+  words: tuple[int, ...] = ()
+  chars: tuple[int, ...] = ()
+  truncated: bool = False  # some row lost tokens to max_len
+  record: str = ""  # the record it came from ("file.jsonl:12"), for per-record outputs
 
   @property
   def k(self) -> int:
@@ -109,6 +115,13 @@ class ComparisonConfig:
                       max_len=self.max_len, truncation=self.truncation)
 
 
+# What a trained reward model needs to read another file as it read its own (its model.json
+# stores these, so `python -m rlhf_jax.reward.score` renders rows exactly as training did).
+ROW_SETTINGS = ("format", "chosen_field", "rejected_field", "prompt_field", "responses_field",
+                "ranking_field", "scores_field", "margin_field", "prompt_template", "max_len",
+                "truncation")
+
+
 @dataclasses.dataclass
 class ComparisonStats:
   kept: int = 0
@@ -135,6 +148,25 @@ def split_hh_pair(chosen: str, rejected: str):
   if mc[:-1] != mr[:-1]:
     return None
   return mc[:-1], mc[-1]["content"], mr[-1]["content"]
+
+
+def dialogue_prompt(prompt, cfg: ComparisonConfig, origin: str, index: int):
+  """A "pairs"/"ranked" prompt that is already an hh dialogue ("\n\nHuman: ...\n\nAssistant:",
+  as in many hh-rlhf conversions) -> its messages, rendered as the "hh" format renders them,
+  instead of being wrapped in the template a second time ("Human: Human: ..."). Any other
+  prompt, or any prompt under an explicit `prompt_template`, is returned unchanged."""
+  if cfg.prompt_template is not None or not isinstance(prompt, str):
+    return prompt
+  if not prompt.lstrip().startswith("Human:"):
+    return prompt
+  messages = split_dialogue(prompt.strip())
+  if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+    messages = messages[:-1]  # the trailing "Assistant:" the response follows
+  if not messages or messages[-1]["role"] != "user" or not all(m["content"] for m in messages):
+    raise DataError(f"{where(origin, index)}: the prompt is an hh dialogue (starts with "
+                    "'Human:') but does not end with a non-empty Human turn (optionally "
+                    "followed by an empty 'Assistant:'); every turn must have text")
+  return messages
 
 
 def first_human_turn(text: str) -> str:
@@ -185,7 +217,8 @@ class _Builder:
         return None
       prompt, a, b = split
       return prompt, [a, b], [0, 1], 0.0
-    prompt = get_field(rec, cfg.prompt_field, origin, index)
+    prompt = dialogue_prompt(get_field(rec, cfg.prompt_field, origin, index), cfg, origin,
+                             index)
     if cfg.format == "pairs":
       responses = [get_field(rec, cfg.chosen_field, origin, index),
                    get_field(rec, cfg.rejected_field, origin, index)]
@@ -271,12 +304,13 @@ class _Builder:
     if len({r for _, r in live}) < 2:
       st.skipped_tie += 1
       return None
-    encoded, rks = [], []
+    encoded, rks, texts = [], [], []
     for text, rank in live:
       row = self.encode_row(prompt, text, origin, index)
       if row is not None:
         encoded.append(row)
         rks.append(rank)
+        texts.append(text)
     if len(encoded) < 2 or len(set(rks)) < 2:
       st.skipped_empty += 1
       return None
@@ -289,8 +323,9 @@ class _Builder:
     rows = [np.asarray(r, np.int32) for r in rows]
     st.dropped_responses += len(responses) - len(rows)
     st.truncated += int(cut)
-    return self.add(Comparison(tuple(rows), tuple(lens), tuple(rks), margin,
-                               group_of(origin)))
+    return self.add(Comparison(tuple(rows), tuple(lens), tuple(rks), margin, group_of(origin),
+                               tuple(word_count(t) for t in texts),
+                               tuple(len(t) for t in texts), cut, where(origin, index)))
 
   def add(self, comp: Comparison) -> Comparison:
     self.stats.kept += 1
@@ -343,14 +378,19 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
   responses = [[int(t) for t in r] for r in rec["response_ids"]]
   ranks = ranks_from_order(get_field(rec, cfg.ranking_field, origin, index), len(responses),
                            origin, index)
-  encoded, rks, seen = [], [], set()
-  for r, rank in zip(responses, ranks):
+  texts = rec.get(cfg.responses_field)
+  if not isinstance(texts, (list, tuple)) or len(texts) != len(responses):
+    texts = [None] * len(responses)  # no text beside the ids: lengths in tokens
+  encoded, rks, seen, words, chars = [], [], set(), [], []
+  for r, rank, text in zip(responses, ranks, texts):
     if not r or tuple(r) in seen:  # empty, or a sample identical to one already kept
       b.stats.dropped_responses += 1
       continue
     seen.add(tuple(r))
     encoded.append((prompt + r, len(prompt)))
     rks.append(rank)
+    words.append(len(r) if text is None else word_count(str(text)))
+    chars.append(len(r) if text is None else len(str(text)))
   if len(encoded) < 2 or len(set(rks)) < 2:
     b.stats.skipped_tie += 1
     return None
@@ -358,10 +398,34 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
   if rows is None:
     b.stats.skipped_long += 1
     return None
-  b.stats.truncated += int(any(len(r) < len(ids) for r, (ids, _) in zip(rows, encoded)))
+  cut = any(len(r) < len(ids) for r, (ids, _) in zip(rows, encoded))
+  b.stats.truncated += int(cut)
   lens = [len(r) - (first - drop) for r, (_, first) in zip(rows, encoded)]
   return b.add(Comparison(tuple(np.asarray(r, np.int32) for r in rows), tuple(lens), tuple(rks),
-                          group=group_of(origin)))
+                          group=group_of(origin), words=tuple(words), chars=tuple(chars),
+                          truncated=cut, record=where(origin, index)))
+
+
+def response_rows(records: Iterable[tuple[str, int, dict]], tokenizer, cfg: ComparisonConfig,
+                  response_field: str = "response"):
+  """[(record, int32 row ids)] for (prompt, response) records, one row each, rendered and cut
+  to max_len exactly as a comparison's rows are (an empty response is an error: it has no
+  reward)."""
+  b = _Builder(cfg, tokenizer, ComparisonStats())
+  out = []
+  for origin, index, rec in records:
+    prompt = dialogue_prompt(get_field(rec, cfg.prompt_field, origin, index), cfg, origin,
+                             index)
+    row = b.encode_row(prompt, str(get_field(rec, response_field, origin, index)).strip(),
+                       origin, index)
+    if row is None:
+      raise DataError(f"{where(origin, index)}: empty {response_field!r}: nothing to score")
+    rows, _ = b.fit([row], origin, index)
+    if rows is None:
+      raise DataError(f"{where(origin, index)}: longer than max_len={cfg.max_len} under "
+                      "truncation='skip'; choose 'truncate_prompt_left' to score it")
+    out.append((where(origin, index), np.asarray(rows[0], np.int32)))
+  return out
 
 
 def split_records(cfg: ComparisonConfig, split: str):
@@ -450,12 +514,33 @@ def rank_matrix(comps: Sequence[Comparison], k: int) -> np.ndarray:
   return out
 
 
-def response_lengths(comps: Sequence[Comparison], k: int) -> np.ndarray:
-  """int32[N, K]: each response's token count (0 where absent), for the length baselines."""
+LENGTH_UNITS = ("words", "chars", "tokens")
+
+
+def word_count(text: str) -> int:
+  """Whitespace-separated words: the length unit of the baselines (tokenizer-independent)."""
+  return len(text.split())
+
+
+def response_lengths(comps: Sequence[Comparison], k: int, unit: str = "words") -> np.ndarray:
+  """int32[N, K]: each response's length (0 where absent) for the length baselines: "words" or
+  "chars" of the full response text, before truncation, or "tokens" as kept in the rows (what
+  the model saw; shorter than the text when a row was cut to max_len)."""
+  if unit not in LENGTH_UNITS:
+    raise ConfigError(f"length unit {unit!r} must be one of {LENGTH_UNITS}")
   out = np.zeros((len(comps), k), np.int32)
   for b, c in enumerate(comps):
-    out[b, :c.k] = c.response_lens
+    v = c.response_lens if unit == "tokens" else getattr(c, unit)
+    if len(v) != c.k:
+      raise DataError(f"comparison {b} carries no full-text {unit} counts (built without its "
+                      "text); use unit='tokens'")
+    out[b, :c.k] = v
   return out
+
+
+def truncated_fraction(comps: Sequence[Comparison]) -> float:
+  """The fraction of comparisons with a row cut to max_len (nan for none)."""
+  return float(np.mean([c.truncated for c in comps])) if comps else float("nan")
 
 
 class ComparisonIterator:

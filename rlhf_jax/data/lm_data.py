@@ -117,8 +117,13 @@ def build(config, tokenizer, model_cfg) -> LMData:
 
   n_prompts = max(tc.num_samples, 64 if score_fn else 0)
   prompts = [prompt_of(ex, pretrain) for ex in eval_ex[:n_prompts]]
-  summary = (f"data {dc.source}: {len(train_ex)} train / {len(eval_ex)} eval examples "
-             f"(train: {train_stats})")
+  if pretrain:  # documents are packed into rows: say both, so the counts do not look at odds
+    summary = (f"data {dc.source}: train {train_stats.kept} documents packed into "
+               f"{len(train_ex)} rows of {dc.max_len} tokens, eval {eval_stats.kept} documents "
+               f"into {len(eval_ex)} rows (train documents: {train_stats})")
+  else:
+    summary = (f"data {dc.source}: {len(train_ex)} train / {len(eval_ex)} eval examples "
+               f"(train: {train_stats})")
   if score_fn is not None:
     demo_gold = [score_fn([prompt_of(ex, False)], [ex.tokens[len(prompt_of(ex, False)):]])[0]
                  for ex in eval_ex[:n_prompts]]

@@ -1,11 +1,15 @@
 """How good is a reward model: held-out metrics computed on the host from its rewards.
 
 Inputs are per-comparison arrays: rewards [N, K], ranks [N, K] (0 = best, -1 = no response),
-response lengths [N, K] in tokens, and, on the built-in task, gold scores [N, K]. Reported:
+response lengths [N, K] in words of the full response text (not the possibly truncated token
+rows the model read), optionally in characters too, and, on the built-in task, gold scores
+[N, K]. Reported:
 - pairwise accuracy over every ordered pair (a reward tie counts half);
-- the "longer response wins" and "shorter response wins" baselines on the same pairs, and the
-  pairs where only the reward model or only the better baseline is right, with the exact
-  McNemar p-value of that split;
+- the "longer response wins" and "shorter response wins" baselines on the same pairs (words;
+  characters beside them when given), and the pairs where only the reward model or only the
+  better baseline is right, with the exact McNemar p-value of that split;
+- the accuracy on the pairs where the shorter response (in words) won, and on those where the
+  longer won: skill beyond length shows on the first, which the longer-wins rule gets all wrong;
 - mean and std of the rewards;
 - calibration: pairs binned by reward gap |r_i − r_j|, with the accuracy in each bin beside the
   Bradley–Terry prediction σ(gap) — a calibrated model's two columns agree;
@@ -73,8 +77,10 @@ def calibration_table(gaps: np.ndarray, correct: np.ndarray, bins: int = 5) -> l
   return rows
 
 
-def evaluate_rewards(rewards_NxK, ranks_NxK, lengths_NxK, gold_NxK=None, bins: int = 5) -> dict:
-  """The metrics of the module doc; keys ending in "_table" hold lists of dicts."""
+def evaluate_rewards(rewards_NxK, ranks_NxK, lengths_NxK, gold_NxK=None, bins: int = 5,
+                     chars_NxK=None) -> dict:
+  """The metrics of the module doc; keys ending in "_table" hold lists of dicts. `lengths_NxK`
+  are the full responses' word counts; `chars_NxK` (optional) their character counts."""
   r = np.asarray(rewards_NxK, np.float64)
   ranks = np.asarray(ranks_NxK)
   lens = np.asarray(lengths_NxK)
@@ -84,12 +90,22 @@ def evaluate_rewards(rewards_NxK, ranks_NxK, lengths_NxK, gold_NxK=None, bins: i
   out = {
       "pairs": int(n.size),
       "accuracy": _win_rate(ri, rj),
+      "length_unit": "words of the full response text",
       "longer_wins": _win_rate(lens[n, i], lens[n, j]),
       "shorter_wins": _win_rate(lens[n, j], lens[n, i]),
       "reward_mean": float(r[present].mean()) if present.any() else float("nan"),
       "reward_std": float(r[present].std()) if present.any() else float("nan"),
   }
   out["length_baseline"] = max(out["longer_wins"], out["shorter_wins"])
+  if chars_NxK is not None:
+    c = np.asarray(chars_NxK)
+    out["longer_wins_chars"] = _win_rate(c[n, i], c[n, j])
+    out["shorter_wins_chars"] = _win_rate(c[n, j], c[n, i])
+  shorter_won, longer_won = lens[n, i] < lens[n, j], lens[n, i] > lens[n, j]
+  out.update(shorter_won_pairs=int(shorter_won.sum()),
+             shorter_won_accuracy=_win_rate(ri[shorter_won], rj[shorter_won]),
+             longer_won_pairs=int(longer_won.sum()),
+             longer_won_accuracy=_win_rate(ri[longer_won], rj[longer_won]))
   gaps = np.abs(ri - rj)
   correct = (ri > rj) + 0.5 * (ri == rj)
   # The same pairs judged by the better length rule: is the reward model's edge more than luck?
@@ -118,11 +134,18 @@ def evaluate_rewards(rewards_NxK, ranks_NxK, lengths_NxK, gold_NxK=None, bins: i
   return out
 
 
-def format_report(ev: dict, title: str = "reward model") -> str:
-  lines = [f"[{title}] held-out: {ev['pairs']} pairs, accuracy {ev['accuracy']:.4f}; "
-           f"length baselines: longer wins {ev['longer_wins']:.4f}, shorter wins "
-           f"{ev['shorter_wins']:.4f}; rewards mean {ev['reward_mean']:+.3f} std "
-           f"{ev['reward_std']:.3f}"]
+def format_report(ev: dict, title: str = "reward model", what: str = "held-out") -> str:
+  lines = [f"[{title}] {what}: {ev['pairs']} pairs, accuracy {ev['accuracy']:.4f}; "
+           f"rewards mean {ev['reward_mean']:+.3f} std {ev['reward_std']:.3f}",
+           f"[{title}] length baselines on the full texts, in words: longer wins "
+           f"{ev['longer_wins']:.4f}, shorter wins {ev['shorter_wins']:.4f}"
+           + (f"; in characters: longer wins {ev['longer_wins_chars']:.4f}, shorter wins "
+              f"{ev['shorter_wins_chars']:.4f}" if "longer_wins_chars" in ev else "")
+           + (f"; {100 * ev['truncated_fraction']:.1f}% of the comparisons had a row cut to "
+              "max_len" if "truncated_fraction" in ev else ""),
+           f"[{title}] accuracy where the shorter response won (words): "
+           f"{ev['shorter_won_accuracy']:.4f} on {ev['shorter_won_pairs']} pairs; where the "
+           f"longer won: {ev['longer_won_accuracy']:.4f} on {ev['longer_won_pairs']} pairs"]
   if "paired_p_value" in ev:
     lines.append(f"[{title}] against the better length baseline on the same pairs: the reward "
                  f"model alone right on {ev['model_only_right']}, the baseline alone on "

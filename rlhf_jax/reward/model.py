@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_jax import workdir_model
 from rlhf_jax.errors import DataError
 from rlhf_jax.models import ModelConfig, forward
 from rlhf_jax.reward.losses import row_rewards
@@ -91,13 +92,12 @@ def normalized_head(params, gain: float, bias: float):
 
 def load_reward_model(workdir: str, config, name: str | None = None) -> RewardModel:
   """The latest params of a reward-model workdir on `config.mesh`, with its normalisation."""
-  from rlhf_jax.train import model_init  # pylint: disable=g-import-not-at-top
-  info = model_init.read_model_json(workdir)
+  info = workdir_model.read_model_json(workdir)
   if "score" not in info.get("heads", "lm").split("+"):
     raise DataError(f"{workdir!r} holds a {info.get('stage', '?')} model with heads "
                     f"{info.get('heads', 'lm')!r}, not a reward model")
   norm = read_normalization(workdir)
-  model_cfg, params = model_init.load_workdir_params(workdir, config, heads="score")
+  model_cfg, params = workdir_model.load_workdir_params(workdir, config, heads="score")
   return RewardModel(name or os.path.basename(os.path.normpath(workdir)), workdir, model_cfg,
                      params, float(norm["gain"]), float(norm["bias"]),
                      info.get("tokenizer", ""))

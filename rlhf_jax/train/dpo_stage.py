@@ -81,14 +81,16 @@ def run(config, workdir: str) -> dict:
   def put(b):
     return parallel.put_batch(b, mesh, rules)
 
-  eval_comps = data.valid if data.valid else data.eval
+  # DPO's periodic evaluations still read the held-out split when there is no validation slice.
+  eval_comps = data.valid if data.valid else data.load_eval().comps
+  k_eval = max([data.k] + [c.k for c in eval_comps])
 
   def evaluate(params, step):
     """Implicit-reward metrics of every held-out comparison, in fixed-shape batches."""
     bs, logp, ref = tc.batch_size, [], []
     for s in range(0, len(eval_comps), bs):
       part = eval_comps[s:s + bs]
-      b = cmp.pad_comparisons(part, data.k, seq_len, tokenizer.pad_id, rows=bs,
+      b = cmp.pad_comparisons(part, k_eval, seq_len, tokenizer.pad_id, rows=bs,
                               response_mask=True)
       per = bs // jax.process_count()
       mine = {k: v[jax.process_index() * per:(jax.process_index() + 1) * per]
@@ -97,7 +99,7 @@ def run(config, workdir: str) -> dict:
       logp.append(parallel.to_host(out["logp"])[:len(part)])
       ref.append(parallel.to_host(out["ref_logp"])[:len(part)])
     ev = implicit_reward_metrics(np.concatenate(logp), np.concatenate(ref),
-                                 cmp.rank_matrix(eval_comps, data.k), dc.beta)
+                                 cmp.rank_matrix(eval_comps, k_eval), dc.beta)
     prefix = "valid" if data.valid else "eval"
     return {f"{prefix}_{k}": v for k, v in ev.items()}
 

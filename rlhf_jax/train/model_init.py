@@ -18,16 +18,12 @@ import json
 import os
 
 import jax
-import numpy as np
 
-from rlhf_jax import checkpoint, parallel
-from rlhf_jax.errors import ConfigError, DataError
+from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import ModelConfig, lora
-from rlhf_jax.train.state import param_shardings
-
-# Fields a stage's own model section sets over the source's (when set): how it computes, and how
-# a reward model it trains pools its score head.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "score_pooling")
+# Moved below the stages (the reward scorer reads workdirs too); the old names stay here.
+from rlhf_jax.workdir_model import (RUNTIME_FIELDS as _RUNTIME_FIELDS, adapt_heads,  # noqa: F401
+                                    load_workdir_params, read_model_json)
 
 
 def build(config, tokenizer, heads: str = "lm", load_params: bool = True):
@@ -68,64 +64,6 @@ def require_source(config, message: str) -> None:
   the stages that need a policy, not a random init."""
   if not (config.init.from_workdir or config.init.hf_checkpoint):
     raise ConfigError(message)
-
-
-def read_model_json(workdir: str) -> dict:
-  path = os.path.join(workdir, "model.json")
-  if not os.path.exists(path):
-    raise DataError(f"{workdir!r} has no model.json (has that stage run there?)")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def load_workdir_params(workdir: str, config, heads: str = "lm", load_params: bool = True):
-  """(ModelConfig, params) from an earlier stage's workdir, read onto this run's mesh and
-  adapted to `heads`. A stage trained with LoRA adapters is returned merged: a plain model."""
-  info = read_model_json(workdir)
-  d, src_heads = info["model"], info.get("heads", "lm")
-  runtime = {k: v for k, v in dict(config.model).items() if k in _RUNTIME_FIELDS and v is not None}
-  d.update(runtime)
-  if isinstance(d.get("rope_llama3_scaling"), list):
-    d["rope_llama3_scaling"] = tuple(d["rope_llama3_scaling"])
-  model_cfg = ModelConfig(**d)
-  if not load_params:
-    return lora.base_config(model_cfg), None
-  mesh = parallel.make_mesh(dict(config.mesh))
-  rules = parallel.rules_from_config(config.sharding_rules)
-
-  abstract, shardings = param_shardings(model_cfg, mesh, rules, src_heads)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  if ckpt.latest_step() is None:
-    raise DataError(f"{workdir!r} has a model.json but no checkpoint (did that stage finish "
-                    "its first save?)")
-  params = ckpt.restore_params(abstract, shardings)
-  ckpt.close()
-  if model_cfg.lora_rank:
-    params, model_cfg = lora.merge(params, model_cfg)
-  return model_cfg, adapt_heads(params, model_cfg, src_heads, heads, config.seed)
-
-
-def adapt_heads(params: dict, model_cfg: ModelConfig, src: str, dst: str, seed: int) -> dict:
-  """Params with `src` heads -> params with `dst` heads: an LM head not wanted is dropped; a
-  missing scalar head is initialised (kernel ~ N(0, 1/hidden), bias 0). An LM head cannot be
-  made up, so a score-only source cannot become a policy."""
-  src_set, dst_set = set(src.split("+")), set(dst.split("+"))
-  if "lm" in dst_set and "lm" not in src_set:
-    raise ConfigError(f"the source model has heads {src!r}: it has no LM head to start a "
-                      f"{dst!r} model from")
-  params = dict(params)
-  if "lm" not in dst_set:
-    params.pop("lm_head", None)
-  if "score" not in dst_set:
-    params.pop("score_kernel", None)
-    params.pop("score_bias", None)
-  elif "score_kernel" not in params:
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), 17)
-    dtype = model_cfg.storage_dtype
-    params["score_kernel"] = np.asarray(jax.random.normal(key, (model_cfg.hidden, 1)) /
-                                        np.sqrt(model_cfg.hidden), dtype)
-    params["score_bias"] = np.zeros((1,), dtype)
-  return params
 
 
 def write_model_json(workdir: str, model_cfg: ModelConfig, config, heads: str = "lm",

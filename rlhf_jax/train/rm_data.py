@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -24,19 +24,27 @@ from rlhf_jax import parallel, sampling
 from rlhf_jax.data import builtin_task as bt
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import labelers as lab
-from rlhf_jax.data.demonstrations import read_records
+from rlhf_jax.data.demonstrations import is_local, read_records
 from rlhf_jax.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass
+class HeldOut:
+  """The held-out split, read once, after training."""
+  comps: list  # [Comparison]
+  summary: str
+  gold: np.ndarray | None = None  # [N, K] gold scores (built-in task)
+  labeler_ceiling: float | None = None
 
 
 @dataclasses.dataclass
 class RMData:
   train: list  # [Comparison]
-  eval: list
   k: int  # responses per batch element
   summary: str
-  gold_eval: np.ndarray | None = None  # [N, K] gold scores (built-in task)
-  labeler_ceiling: float | None = None
+  load_eval: Callable[[], HeldOut]  # reads (or, built-in, samples) the held-out split
   valid: list | None = None  # a validation slice of the training data, when asked for
+  settings: dict = dataclasses.field(default_factory=dict)  # how records become rows
 
 
 def comparison_config(config) -> cmp.ComparisonConfig:
@@ -53,28 +61,48 @@ def comparison_config(config) -> cmp.ComparisonConfig:
 
 
 def build(config, tokenizer, workdir: str) -> RMData:
+  """The training (and validation) comparisons now; the held-out split only when `load_eval` is
+  called, after training, so nothing before the end can read it."""
   d = config.data
   if d.source == "builtin":
     return _builtin(config, tokenizer, workdir)
   cfg = comparison_config(config)
+  _check_held_out_source(cfg)
   train, st_train = cmp.load_comparisons(cfg, tokenizer, "train")
-  evals, st_eval = cmp.load_comparisons(cfg, tokenizer, "eval")
   if not train:
     raise DataError(f"data.source={d.source!r}: no usable training comparisons ({st_train})")
-  if not evals:
-    raise DataError(f"data.source={d.source!r}: no held-out comparisons ({st_eval}); set "
-                    "data.eval_split or data.eval_fraction > 0")
   valid = None
   if d.valid_fraction > 0:
     valid, st_valid = cmp.load_comparisons(cfg, tokenizer, "valid")
     if not valid:
       raise DataError(f"data.valid_fraction={d.valid_fraction}: no validation comparisons "
                       f"({st_valid})")
-  k = max(c.k for c in train + evals + (valid or []))
-  summary = (f"data {d.source} ({d.format}): train {st_train}; eval {st_eval}; "
+  k = max(c.k for c in train + (valid or []))
+
+  def load_eval() -> HeldOut:
+    evals, st_eval = cmp.load_comparisons(cfg, tokenizer, "eval")
+    if not evals:
+      raise DataError(f"data.source={d.source!r}: no held-out comparisons ({st_eval}); set "
+                      "data.eval_split or data.eval_fraction > 0")
+    where_ = cfg.eval_split or f"{cfg.eval_fraction:g} of the source by hash"
+    return HeldOut(evals, f"held-out split ({where_}): {st_eval}")
+
+  summary = (f"data {d.source} ({d.format}): train {st_train}; "
              + (f"validation {len(valid)} comparisons; " if valid else "")
-             + f"K={k} responses per element; truncation policy {d.truncation!r}")
-  return RMData(train, evals, k, summary, valid=valid)
+             + f"K={k} responses per element; truncation policy {d.truncation!r}; the held-out "
+             "split is read once, after training")
+  settings = {key: getattr(cfg, key) for key in cmp.ROW_SETTINGS}
+  return RMData(train, k, summary, load_eval, valid=valid, settings=settings)
+
+
+def _check_held_out_source(cfg: cmp.ComparisonConfig) -> None:
+  """Fails at the start (not after training) when there can be no held-out split."""
+  if cfg.eval_split:
+    if is_local(cfg.source) and is_local(cfg.eval_split) and not os.path.exists(cfg.eval_split):
+      raise DataError(f"data.eval_split={cfg.eval_split!r} does not exist")
+  elif cfg.eval_fraction <= 0:
+    raise ConfigError("no held-out split: set data.eval_split (a separate test file) or "
+                      "data.eval_fraction > 0")
 
 
 # ---- the built-in task -------------------------------------------------------------------------
@@ -83,8 +111,8 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
   if d.num_responses < 2:
     raise ConfigError(f"data.num_responses={d.num_responses} must be at least 2")
   cfg = dataclasses.replace(comparison_config(config), format="ranked", truncation="error")
-  out, stats = {}, {}
-  for split, n in (("train", d.builtin_train), ("eval", d.builtin_eval)):
+
+  def read(split, n):
     path = os.path.join(workdir, f"comparisons_{split}.jsonl")
     settings = _sampling_settings(config, n)
     if not os.path.exists(path):
@@ -94,9 +122,22 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
           json.dump(settings, f, indent=1)
     else:
       _check_settings(path, settings)
-    out[split], stats[split] = cmp.comparisons_from_records(read_records(path), tokenizer, cfg)
-  k = d.num_responses
-  evals = out["eval"]
+    return cmp.comparisons_from_records(read_records(path), tokenizer, cfg)
+
+  train, st_train = read("train", d.builtin_train)
+  summary = (f"built-in comparisons: {len(train)} train prompts, K={d.num_responses} SFT samples "
+             f"each ranked by {d.num_labelers} simulated labelers (train: {st_train}); the "
+             f"{d.builtin_eval} held-out prompts are sampled and read once, after training")
+  settings = {key: getattr(cfg, key) for key in cmp.ROW_SETTINGS}
+  return RMData(train, d.num_responses, summary,
+                lambda: _builtin_held_out(read("eval", d.builtin_eval), d.num_responses,
+                                          d.num_labelers),
+                settings=settings)
+
+
+def _builtin_held_out(read_out, k: int, num_labelers: int) -> HeldOut:
+  """The held-out SFT samples with their gold scores and the labelers' ceiling on them."""
+  evals, st_eval = read_out
   gold = np.full((len(evals), k), np.nan)
   prompts, responses, where = [], [], []
   for n, c in enumerate(evals):
@@ -113,10 +154,9 @@ def _builtin(config, tokenizer, workdir: str) -> RMData:
            for n, c in enumerate(evals) for i in range(c.k) for j in range(i + 1, c.k)
            if gold[n, i] != gold[n, j]]
   ceiling = lab.gold_agreement(lab.Labeler(), pairs) if pairs else None
-  summary = (f"built-in comparisons: {len(out['train'])} train / {len(evals)} eval prompts, "
-             f"K={k} SFT samples each ranked by {d.num_labelers} simulated labelers "
-             f"(train: {stats['train']}; eval: {stats['eval']})")
-  return RMData(out["train"], evals, k, summary, gold, ceiling)
+  summary = (f"built-in held-out comparisons: {len(evals)} prompts, K={k} SFT samples each "
+             f"ranked by one of {num_labelers} simulated labelers ({st_eval})")
+  return HeldOut(evals, summary, gold, ceiling)
 
 
 def _sampling_settings(config, n: int) -> dict:

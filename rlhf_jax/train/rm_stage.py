@@ -3,12 +3,17 @@ normalise it for PPO.
 
 `run(config, workdir)` builds the mesh and tokenizer; starts the model from an SFT workdir (the
 default, as InstructGPT did), a Hugging Face checkpoint, or scratch, with the LM head replaced by
-a scalar head; reads or makes the comparisons (`rm_data`); trains with the ranking loss
-(`rm_steps`) through the shared loop (resume, checkpoints, metrics); evaluates held-out accuracy
-beside the length baselines, reward statistics, calibration, and on the built-in task agreement
-with the gold preference beside the simulated labelers' ceiling; and at the end fits the
-normalisation (mean 0, std 1 on SFT-policy samples) and writes `reward_norm.json` and
-`eval_report.json` next to the checkpoints.
+a scalar head; reads or makes the training comparisons (`rm_data`); trains with the ranking loss
+(`rm_steps`) through the shared loop (resume, checkpoints, metrics), evaluating periodically on
+the validation slice, or without one on training comparisons (said so in the log and in the
+metric names: `valid_*` or `train_slice_*`). Only after the last step does it read the held-out
+split, once: accuracy beside the length baselines on the full texts, the accuracy where the
+shorter response won, reward statistics, calibration, and on the built-in task agreement with
+the gold preference beside the simulated labelers' ceiling (`rlhf_jax.reward.report`, the code
+path `python -m rlhf_jax.reward.score` uses too). It fits the normalisation (mean 0, std 1) on
+the responses of training comparisons (on the built-in task: SFT-policy samples), and writes
+`reward_norm.json`, `eval_report.json` and `eval_rewards.jsonl` (per-record rewards) next to the
+checkpoints.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import lm_data, train_tokenizer
 from rlhf_jax.data.tokenizer import load_tokenizer
 from rlhf_jax.errors import ConfigError
-from rlhf_jax.reward import evaluate as rm_eval
 from rlhf_jax.reward import model as rm_model
+from rlhf_jax.reward import report as rm_report
 from rlhf_jax.train import model_init, rm_data
 from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, stage_setup, train_loop
 from rlhf_jax.train.rm_steps import RMLossConfig, make_rm_steps
@@ -54,44 +59,33 @@ def run(config, workdir: str) -> dict:
   del init_params
   train_step, eval_step = make_rm_steps(model_cfg, tx, mesh, rules, shardings, lc)
   model_init.write_model_json(workdir, model_cfg, config, heads=heads,
-                              extra={"tokenizer": tokenizer_spec})
+                              extra={"tokenizer": tokenizer_spec, "data": data.settings})
 
   def put(b):
     return parallel.put_batch(b, mesh, rules)
 
-  def eval_rewards(params, comps):
-    """float32[N, K] rewards of `comps`, in fixed-shape batches (one compile)."""
+  def eval_rewards(params, comps, k=data.k):
+    """float32[N, K] rewards of `comps`, in fixed-shape batches (one compile per K)."""
     bs, n = tc.batch_size, len(comps)
     out = []
     for s in range(0, n, bs):
       part = comps[s:s + bs]
-      b = cmp.pad_comparisons(part, data.k, seq_len, tokenizer.pad_id, rows=bs)
+      b = cmp.pad_comparisons(part, k, seq_len, tokenizer.pad_id, rows=bs)
       per = bs // jax.process_count()
       mine = {key: v[jax.process_index() * per:(jax.process_index() + 1) * per]
               for key, v in b.items()}
       out.append(np.asarray(eval_step(params, put(mine))["rewards"])[:len(part)])
     return np.concatenate(out)
 
-  # With a validation slice, the periodic evals read it and the held-out split is read once, at
-  # the end; otherwise the periodic evals read the held-out split.
-  eval_comps = data.valid if data.valid else data.eval
-  if tc.eval_batches:
-    eval_comps = eval_comps[:tc.eval_batches * tc.batch_size]
-  ranks = cmp.rank_matrix(eval_comps, data.k)
-  lengths = cmp.response_lengths(eval_comps, data.k)
-  gold = (None if data.gold_eval is None or data.valid else
-          data.gold_eval[:len(eval_comps)])
-
-  last_eval = {}  # the final report reuses the last eval's rewards when they cover data.eval
+  eval_comps, prefix, what = periodic_eval_set(data, tc)
+  writer.text(f"[reward] periodic evaluations read {what}; the held-out split is read once, "
+              "after training")
 
   def evaluate(params, step):
-    rewards = eval_rewards(params, eval_comps)
-    last_eval.update(step=step, rewards=rewards)
-    ev = rm_eval.evaluate_rewards(rewards, ranks, lengths, gold)
-    if data.labeler_ceiling is not None:
-      ev["labeler_ceiling"] = data.labeler_ceiling
-    prefix = "valid" if data.valid else "eval"
-    return {f"{prefix}_{k}": v for k, v in ev.items() if not k.endswith("_table")}
+    ev = rm_report.comparison_metrics(eval_rewards(params, eval_comps), eval_comps, data.k)
+    # Numbers only; a subset with no pairs (nan, e.g. no pair where the shorter won) is left out.
+    return {f"{prefix}_{k}": v for k, v in ev.items()
+            if isinstance(v, (int, float)) and np.isfinite(v)}
 
   state, step, history = train_loop(
       stage="reward", state=state, train_step=train_step, batches=batches, put=put,
@@ -101,14 +95,37 @@ def run(config, workdir: str) -> dict:
 
   report = None
   if step >= tc.steps:
-    if eval_comps is data.eval and last_eval.get("step") == step:
-      final_rewards = last_eval["rewards"]
-    else:
-      final_rewards = eval_rewards(state.params, data.eval)
-    report = _finish(config, workdir, data, final_rewards, writer)
+    held = data.load_eval()
+    writer.text(f"[reward] {held.summary}")
+    k = max([data.k] + [c.k for c in held.comps])
+    norm_comps = data.train[:NORM_COMPARISONS]
+    report = _finish(config, workdir, held, k, eval_rewards(state.params, held.comps, k),
+                     norm_comps, eval_rewards(state.params, norm_comps), data.k, writer)
   writer.close()
   return {"step": step, "history": history, "state": state, "report": report,
           "compiled": {"train": train_step.jitted, "eval": eval_step.jitted}}
+
+
+# Normalisation: the responses of this many training comparisons (the first, in file order).
+NORM_COMPARISONS = 2048
+# Without a validation slice, periodic evaluations read this many training comparisons.
+PERIODIC_TRAIN_COMPARISONS = 512
+
+
+def periodic_eval_set(data, tc):
+  """(comparisons, metric prefix, what they are): the validation slice when there is one, else
+  the first training comparisons (a measure of fit, not of generalisation, and named so);
+  never the held-out split."""
+  if data.valid:
+    comps, prefix = data.valid, "valid"
+    what = f"the validation slice ({{n}} comparisons)"
+  else:
+    comps, prefix = data.train[:PERIODIC_TRAIN_COMPARISONS], "train_slice"
+    what = ("{n} training comparisons (no validation slice: data.valid_fraction=0; they "
+            "measure fit, not generalisation)")
+  if tc.eval_batches:
+    comps = comps[:tc.eval_batches * tc.batch_size]
+  return comps, prefix, what.format(n=len(comps))
 
 
 def _tokenizer(config, workdir):
@@ -129,38 +146,28 @@ def _tokenizer(config, workdir):
   return load_tokenizer(path), path
 
 
-def _finish(config, workdir, data, rewards, writer):
-  """The held-out report from every eval comparison's rewards [N, K], then the normalisation."""
-  all_ranks = cmp.rank_matrix(data.eval, data.k)
-  ev = rm_eval.evaluate_rewards(rewards, all_ranks, cmp.response_lengths(data.eval, data.k),
-                                data.gold_eval)
-  if data.labeler_ceiling is not None:
-    ev["labeler_ceiling"] = data.labeler_ceiling
-  writer.text(rm_eval.format_report(ev))
-  groups = sorted({c.group for c in data.eval})
-  if len(groups) > 1:
-    ev["by_group"] = {}
-    for g in groups:
-      sel = np.array([c.group == g for c in data.eval])
-      sub = [c for c in data.eval if c.group == g]
-      evg = rm_eval.evaluate_rewards(rewards[sel], all_ranks[sel],
-                                     cmp.response_lengths(sub, data.k))
-      ev["by_group"][g] = {k: v for k, v in evg.items() if not k.endswith("_table")}
-      writer.text(f"  {g:<28} {evg['pairs']:5d} pairs  accuracy {evg['accuracy']:.4f}  longer "
-                  f"wins {evg['longer_wins']:.4f}  shorter wins {evg['shorter_wins']:.4f}  "
-                  f"margin over the better baseline {evg['accuracy'] - evg['length_baseline']:+.4f}"
-                  f" (paired p {evg['paired_p_value']:.2g})")
-  # Normalisation on SFT-policy samples: on the built-in task the eval responses are exactly
-  # that; otherwise the held-out responses stand in for them (a later PPO run may refit).
-  present = all_ranks >= 0
-  norm = rm_model.fit_normalization(rewards[present])
-  norm["samples"] = ("SFT-policy samples on held-out prompts" if config.data.source == "builtin"
-                     else "held-out responses of the comparison data")
+def _finish(config, workdir, held, k, rewards, norm_comps, norm_rewards, norm_k, writer):
+  """The held-out report from every held-out comparison's rewards [N, K], the per-record
+  rewards, and the normalisation, fitted on the responses of training comparisons."""
+  ev, text = rm_report.comparison_report(rewards, held.comps, k, held.gold,
+                                         held.labeler_ceiling)
+  writer.text(text)
+  present = cmp.rank_matrix(norm_comps, norm_k) >= 0
+  norm = rm_model.fit_normalization(norm_rewards[present])
+  norm["samples"] = (f"responses of the first {len(norm_comps)} training comparisons"
+                     + (" (SFT-policy samples on training prompts)"
+                        if config.data.source == "builtin" else ""))
   if jax.process_index() == 0:
     rm_model.save_normalization(workdir, norm)
     with open(os.path.join(workdir, "eval_report.json"), "w", encoding="utf-8") as f:
       json.dump(ev, f, indent=1)
+    rm_report.write_rewards(os.path.join(workdir, EVAL_REWARDS),
+                            rm_report.reward_records(held.comps, rewards, norm))
   writer.text(f"[reward] normalisation: gain {norm['gain']:.4f}, bias {norm['bias']:+.4f} "
               f"(raw mean {norm['raw_mean']:+.3f}, std {norm['raw_std']:.3f} over {norm['n']} "
-              f"{norm['samples']}) -> {os.path.join(workdir, rm_model.NORM_FILE)}")
+              f"{norm['samples']}) -> {os.path.join(workdir, rm_model.NORM_FILE)}; per-record "
+              f"held-out rewards -> {os.path.join(workdir, EVAL_REWARDS)}")
   return ev
+
+
+EVAL_REWARDS = "eval_rewards.jsonl"

@@ -18,8 +18,11 @@ import optax
 
 from rlhf_jax import parallel
 from rlhf_jax.errors import ConfigError, reject_unknown_fields
-from rlhf_jax.models import Decoder, ModelConfig
+from rlhf_jax.models import ModelConfig
 from rlhf_jax.models.param_kinds import is_weight_matrix
+# Moved below the stages (the reward scorer needs them too); the old names stay importable here.
+from rlhf_jax.workdir_model import boxed_params_fn as _boxed_params_fn
+from rlhf_jax.workdir_model import param_shardings  # noqa: F401
 
 
 @flax.struct.dataclass
@@ -83,22 +86,6 @@ class OptimConfig:
     return optax.multi_transform(
         {"train": tx, "frozen": optax.set_to_zero()},
         lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params)))
-
-
-def _boxed_params_fn(model_cfg: ModelConfig, heads: str):
-  """rng -> params boxed with their logical axis names (`nn.Partitioned` leaves)."""
-  def boxed_params(rng):
-    tokens = jnp.zeros((1, min(8, model_cfg.max_seq_len)), jnp.int32)
-    return Decoder(model_cfg, heads).init(rng, tokens, jnp.ones_like(tokens, bool))["params"]
-  return boxed_params
-
-
-def param_shardings(model_cfg: ModelConfig, mesh, rules, heads: str = "lm"):
-  """(abstract params, their NamedShardings under `rules`) without allocating anything."""
-  abstract_boxed = jax.eval_shape(_boxed_params_fn(model_cfg, heads),
-                                  jax.random.PRNGKey(0))
-  return (nn.meta.unbox(abstract_boxed),
-          parallel.logical_shardings(abstract_boxed, mesh, rules))
 
 
 def _opt_state_shardings(abstract_opt, abstract_params, param_sh, rep):
