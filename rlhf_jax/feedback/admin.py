@@ -3,6 +3,8 @@
 A logged-in labeler asking for it gets 403 rather than the admin's own login form, and an
 anonymous visitor goes to the one login page (with its throttling)."""
 
+import functools
+
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.views import redirect_to_login
@@ -13,6 +15,15 @@ from rlhf_jax.feedback.models import Answer, Assignment, Task
 
 class FeedbackAdminSite(admin.AdminSite):
   site_header = "rlhf_jax feedback: admin"
+
+  def admin_view(self, view, cacheable=False):
+    inner = super().admin_view(view, cacheable)
+
+    def refuse_labelers(request, *args, **kwargs):
+      if request.user.is_authenticated and not request.user.is_staff:
+        raise PermissionDenied("admins only")
+      return inner(request, *args, **kwargs)
+    return functools.update_wrapper(refuse_labelers, inner)
 
   def login(self, request, extra_context=None):
     if request.user.is_authenticated:
