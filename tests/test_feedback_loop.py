@@ -103,3 +103,35 @@ def test_agreement_report_recovers_the_labelers_configured_agreement(site, tmp_p
   print(f"pairwise agreement {rep['pairwise_agreement']:.3f}, configured {expected:.3f}")
   assert rep["overlap_tasks"] == len(tasks) and rep["pairwise_n"] == len(expect)
   assert abs(rep["pairwise_agreement"] - expected) < 0.06
+
+
+def test_iterated_rlhf_human_round_stops_then_continues_after_labelling(site, tmp_path):
+  from rlhf_jax.data import comparisons as cmp  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import human_round  # pylint: disable=g-import-not-at-top
+  tok, rng, calls = bt.tokenizer(), np.random.default_rng(5), []
+  prompts = bt.prompts(10, "train", 5)
+  ids = [p.ids for p in prompts]
+  responses = [[tok.encode(bt.write_response(p, rng.uniform(0.2, 1), rng)) + [tok.eos_id]
+                for _ in range(3)] for p in prompts]
+
+  def make_tasks():
+    calls.append(1)
+    return human_round.task_records(prompts, ids, responses, tok, "runs/iterative/rl")
+  path = str(tmp_path / "comparisons" / "train" / "round_1.jsonl")
+  batch = "iterative-round1-train"
+  with pytest.raises(human_round.FeedbackPending, match="rerun this command"):
+    human_round.collect(str(site["home"]), batch, path, make_tasks)
+  with pytest.raises(human_round.FeedbackPending, match="not labelled yet"):
+    human_round.collect(str(site["home"]), batch, path, make_tasks)
+  assert calls == [1] and not os.path.exists(path)  # sampled and imported once
+  simulate.run(site["url"], USERS[:1])
+  human_round.collect(str(site["home"]), batch, path, make_tasks)
+  recs = [json.loads(x) for x in open(path)]
+  assert len(recs) == len(make_tasks()) and all("response_ids" in r for r in recs)
+  comps, stats = cmp.comparisons_from_records(
+      ((path, i, r) for i, r in enumerate(recs)), tok,
+      cmp.ComparisonConfig(source=path, format="ranked", max_len=128))
+  assert stats.kept == len(recs)
+  for c, r in zip(comps, recs):  # the reward stage reads the sampled tokens and the human ranks
+    assert list(c.ranks) == r["ranks"]
+    np.testing.assert_array_equal(c.response_ids(0), r["response_ids"][0])

@@ -3,7 +3,8 @@
 `comparisons.jsonl` is the reward stage's `ranked` schema (data.format="ranked"), one record per
 answer: {"prompt", "responses", "ranking" (indices best first; tied responses in imported order),
 "ranks" (per response, 0 = best, equal = tie: the loader skips tied pairs), "labeler", "ratings",
-"flags", "notes", "seconds", "shown_order", "strength" (pairwise), "task", "batch", "sources"}.
+"flags", "notes", "seconds", "shown_order", "strength" (pairwise), "task", "batch", "sources",
+and "prompt_ids"/"response_ids" when the task was imported with them}.
 `demonstrations.jsonl` is the SFT stage's prompt_response schema: {"prompt", "response",
 "labeler", "seconds", "task", "batch"}. Gold (qualification) tasks are left out unless asked for.
 The snapshot: one read transaction (REPEATABLE READ on PostgreSQL; SQLite's WAL read transaction),
@@ -39,6 +40,9 @@ def comparison_record(ans: Answer) -> dict:
          "task": t.pk, "kind": t.kind, "batch": t.batch, "sources": t.sources}
   if t.kind == Task.PAIRWISE:
     rec["strength"] = ans.strength
+  # Token ids imported with the task (iterated RLHF's samples) go back out, so the reward stage
+  # reads exactly the sampled tokens.
+  rec.update({k: t.meta[k] for k in ("prompt_ids", "response_ids") if k in t.meta})
   return rec
 
 
