@@ -92,9 +92,10 @@ def plot_png(r: dict) -> bytes:
                label=f"pairwise agreement {r['pairwise_agreement']:.2f}")
   ax.axhline(0.5, color="#bbb", lw=1)
   ax.set_xticks(list(x), names)
-  ax.set_ylim(0, 1)
+  ax.set_ylim(0, 1.18)  # headroom so the legend sits above the bars
+  ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
   ax.set_ylabel("agreement")
-  ax.legend(loc="lower right", fontsize=8)
+  ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
   ax.set_title("Labeler agreement (pairs of responses, ties excluded)", fontsize=10)
   fig.tight_layout()
   buf = io.BytesIO()
