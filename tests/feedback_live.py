@@ -17,8 +17,9 @@ import uuid
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PG_URL = os.environ.get("RLHF_FEEDBACK_TEST_PG",
-                        "postgresql://feedback:feedback@127.0.0.1:5432/postgres")
+# A role that may create databases; .ci/run starts the server and sets this. Unset: the local
+# socket as the current user.
+PG_URL = os.environ.get("RLHF_FEEDBACK_TEST_PG", "postgresql:///postgres")
 ADMIN, LABELERS = ("admin", "admin-pass-123"), [(f"lab{i}", f"lab{i}-pass-123") for i in range(4)]
 
 
@@ -46,8 +47,9 @@ def postgres_database():
   try:
     admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
   except psycopg.OperationalError as e:
-    pytest.skip(f"no PostgreSQL server at {PG_URL.split('@')[-1]} ({str(e).strip()[:80]}); "
-                ".ci/run starts one (set RLHF_FEEDBACK_TEST_PG to use another)")
+    pytest.skip(f"no PostgreSQL server reachable at {PG_URL.split('@')[-1]} "
+                f"({str(e).strip()[:100]}); .ci/run starts one and sets RLHF_FEEDBACK_TEST_PG "
+                "(a role with CREATEDB)")
   name = f"feedback_test_{uuid.uuid4().hex[:10]}"
   admin.execute(f'CREATE DATABASE "{name}"')
   try:
