@@ -58,7 +58,7 @@ def _shown(page):
   return json.loads(page.inner_text("#task-data"))["shown"]
 
 
-def test_admin_labelers_export_and_agreement_in_a_browser(app, tmp_path):
+def _admin_sets_up(app, tmp_path):
   admin = _login(app, *fl.ADMIN)
   admin.click("text=Manage")
   for name, pw in USERS.items():
@@ -73,7 +73,10 @@ def test_admin_labelers_export_and_agreement_in_a_browser(app, tmp_path):
   admin.fill("#id_i-overlap", "2")
   admin.click("#import button[type=submit]")
   assert "imported 3 tasks" in admin.inner_text(".messages")
+  return admin
 
+
+def _alice_by_mouse_then_keyboard_then_skip(app):
   alice = _login(app, "alice", USERS["alice"])
   alice.click("text=Start labeling")
   # Task 1, by mouse: ratings and a flag clicked, chips dragged into rank rows (1 and 2 tied).
@@ -118,7 +121,12 @@ def test_admin_labelers_export_and_agreement_in_a_browser(app, tmp_path):
   skipped = json.loads(alice.inner_text("#task-data"))["prompt"]
   alice.click("button[value=skip]")
   assert "No tasks left" in alice.inner_text("main")
+  return first, second, skipped
 
+
+def test_admin_labelers_export_and_agreement_in_a_browser(app, tmp_path):
+  admin = _admin_sets_up(app, tmp_path)
+  first, second, skipped = _alice_by_mouse_then_keyboard_then_skip(app)
   bob = _login(app, "bob", USERS["bob"])
   bob.click("text=Start labeling")
   for _ in range(3):  # bob labels the overlap with the rank selects

@@ -37,6 +37,15 @@ def server(request, tmp_path_factory):
     fl.cli(home, "import", fl.write_jsonl(home / "p.jsonl", PAIRS), "--kind", "pairwise",
            "--batch", "p", "--overlap-fraction", "1", "--overlap", str(OVERLAP))
     fl.cli(home, "import", fl.write_jsonl(home / "d.jsonl", DEMOS), "--batch", "d")
+    # The sample stage's files of two checkpoints: one response a line, paired by prompt.
+    samples = []
+    for ckpt, step in (("ppo", 180), ("sft", 400)):
+      (home / ckpt).mkdir()
+      samples.append(fl.write_jsonl(home / ckpt / "samples.jsonl", [
+          {"prompt": f"Human: describe the owl {i} . Assistant:", "response": f"{ckpt} owl {i} .",
+           "tokens": 4, "eos": True, "workdir": f"runs/{ckpt}", "step": step} for i in range(2)]))
+    fl.cli(home, "import", *samples, "--kind", "pairwise", "--batch", "s", "--overlap-fraction",
+           "1", "--overlap", str(OVERLAP))
     with fl.live_server(home) as url:
       yield {"home": home, "url": url, "backend": request.param}
 
@@ -166,6 +175,7 @@ def test_admin_pages_add_a_labeler_import_export_and_agreement(server):
       "application/jsonl")
   agree = adm.get("/manage/agreement/")
   assert agree.status_code == 200 and "pairwise agreement" in agree.text
+  assert adm.get("/admin/feedback/answer/").status_code == 200  # the Django admin, for admins
   png = adm.get("/manage/agreement.png")
   assert png.headers["Content-Type"] == "image/png" and png.content[:4] == b"\x89PNG"
 
@@ -181,7 +191,7 @@ def test_bad_import_is_one_clear_line_and_imports_nothing(server, tmp_path):
       {"prompt": "p", "responses": [str(i) for i in range(10)]}]), check=False)
   assert proc.returncode == 2 and "k.jsonl:1: 10 responses" in proc.stderr
   adm = fl.Session(server["url"], fl.ADMIN)
-  assert "<strong>10</strong> tasks" in adm.get("/manage/").text  # 6 + 1 + 2 + 1: nothing added
+  assert "<strong>12</strong> tasks" in adm.get("/manage/").text  # 6 + 1 + 2 + 1 + 2: none added
 
 
 def test_migrations_match_the_models_and_upgrade_in_place(server):
@@ -205,12 +215,21 @@ def test_concurrent_labelers_fill_each_overlap_exactly(server, tmp_path):
   gold = {c["task"] for c in comps if c["prompt"] == GOLD[0]["prompt"]}
   for task, n in per_task.items():
     assert n == (min(5, len(fl.LABELERS)) if task in gold else OVERLAP), (task, n)
-  assert len(per_task) == len(RANKING) + len(PAIRS) + len(GOLD)
+  assert len(per_task) == len(RANKING) + len(PAIRS) + len(GOLD) + 2
+  owls = [c for c in comps if "owl" in c["prompt"]]
+  assert len(owls) == 2 * OVERLAP and all(c["kind"] == "pairwise" for c in owls)
+  for c in owls:  # each answer credits the two checkpoints it compared
+    assert sorted((x["workdir"], x["step"]) for x in c["sources"]) == [("runs/ppo", 180),
+                                                                       ("runs/sft", 400)]
+    assert c["strength"] in ("slightly", "clearly", "much")
   prompt, skipper = STATE["skipped"]
   assert not any(c["prompt"] == prompt and c["labeler"] == skipper for c in comps)
   for c in comps:  # shown order is a permutation; ranks match the ranking
     assert sorted(c["shown_order"]) == list(range(len(c["responses"])))
     assert [c["ranks"][i] for i in c["ranking"]] == sorted(c["ranks"])
   agreement = json.loads(fl.cli(server["home"], "agreement", "--json").stdout)
-  assert agreement["answers"] == len(comps) and agreement["overlap_tasks"] == 8
+  assert agreement["answers"] == len(comps) and agreement["overlap_tasks"] == 10
   assert set(agreement["gold"]) == {name for name, _ in fl.LABELERS}
+  # The two checkpoints' answers feed an Elo table: every owl answer is one game.
+  assert {e["system"] for e in agreement["elo"]} == {"runs/ppo@180", "runs/sft@400"}
+  assert sum(e["games"] for e in agreement["elo"]) == 2 * len(owls)

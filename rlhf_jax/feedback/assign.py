@@ -16,7 +16,10 @@ from django.utils import timezone
 
 from rlhf_jax.feedback.models import Assignment, Task
 
-TRIES = 20  # slots tried per request before answering "nothing left" (others may be racing)
+# Labelers asking at once pick among the first few free slots at random, so they rarely race for
+# the same row. A lost race means another labeler claimed a slot, so retrying always progresses;
+# the cap only guards against a bug.
+SPREAD, MAX_TRIES = 8, 10_000
 
 
 def open_assignment(user) -> Assignment | None:
@@ -36,10 +39,11 @@ def claim_next(user) -> Assignment | None:
   current = open_assignment(user)
   if current is not None:
     return current
-  for _ in range(TRIES):
-    slot = _free_slots(user).first()
-    if slot is None:
+  for _ in range(MAX_TRIES):
+    candidates = list(_free_slots(user).values_list("pk", flat=True)[:SPREAD])
+    if not candidates:
       return None
+    slot = Assignment(pk=random.choice(candidates))
     try:
       with transaction.atomic():
         won = Assignment.objects.filter(pk=slot.pk, labeler__isnull=True).update(

@@ -27,6 +27,36 @@ def judgements(batch: str | None = None) -> list[ag.Judgement]:
   return out
 
 
+def _system(src: dict) -> str:
+  step = src.get("step")
+  return f"{src.get('workdir')}" + (f"@{step}" if step is not None else "")
+
+
+def checkpoint_games(batch: str | None = None):
+  """(systems_a, systems_b, outcomes) from answers whose responses come from different
+  checkpoints (workdir@step): every strictly ordered pair is one game, for the Elo table."""
+  q = (Answer.objects.select_related("assignment__task")
+       .filter(assignment__task__kind__in=(Task.RANKING, Task.PAIRWISE)))
+  if batch:
+    q = q.filter(assignment__task__batch=batch)
+  sa, sb, ys = [], [], []
+  for ans in q.iterator():
+    names = [_system(s) for s in ans.assignment.task.sources]
+    for (i, j), sign in ag.strict_pairs(ans.ranks).items():
+      if len(names) == len(ans.ranks) and names[i] != names[j]:
+        sa.append(names[i])
+        sb.append(names[j])
+        ys.append(1.0 if sign > 0 else 0.0)
+  return sa, sb, ys
+
+
+def elo_table(batch: str | None = None) -> list:
+  """Elo ratings (rlhf_jax.reward.elo) of the checkpoints the answers compared; [] if < 2."""
+  from rlhf_jax.reward import elo  # pylint: disable=g-import-not-at-top  (numpy only)
+  sa, sb, ys = checkpoint_games(batch)
+  return elo.fit_bradley_terry(sa, sb, ys) if len(set(sa) | set(sb)) >= 2 else []
+
+
 def compute(batch: str | None = None) -> dict:
   js = judgements(batch)
   plain = [j for j in js if j.gold is None]  # agreement on real tasks; gold reported apart
@@ -39,7 +69,7 @@ def compute(batch: str | None = None) -> dict:
           "flag_kappa": ag.flag_kappas(plain, FLAG_KEYS),
           "majority": ag.majority_agreement(plain), "gold": ag.gold_agreement(js),
           "position_bias": ag.position_bias(js), "length_bias": ag.length_bias(js),
-          "seconds": ag.seconds_per_task(js)}
+          "seconds": ag.seconds_per_task(js), "elo": elo_table(batch)}
 
 
 def _f(x, digits=3) -> str:
@@ -66,6 +96,8 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
     rows.append((f"{who}: agrees with gold", _f(rate), f"{n} pairs"))
   for who, s in r["seconds"].items():
     rows.append((f"{who}: seconds per task (median)", _f(s["median"], 1), f"{s['n']} tasks"))
+  for e in r.get("elo", []):
+    rows.append((f"Elo {e.system}", f"{e.rating:.0f}", f"± {e.stderr:.0f}, {e.games} games"))
   return rows
 
 
