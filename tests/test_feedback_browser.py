@@ -114,8 +114,9 @@ def _alice_by_mouse_then_keyboard_then_skip(app):
   alice.focus("textarea[name=notes]")
   alice.keyboard.type("keyboard only")
   alice.focus("button[value=submit]")
-  alice.keyboard.press("Enter")
-  alice.wait_for_load_state()
+  with alice.expect_navigation():
+    alice.keyboard.press("Enter")
+  assert alice.locator(".error").count() == 0, alice.inner_text(".error")
   # Task 3: skipped.
   assert "page 3 / 3" in alice.inner_text(".taskbar")
   skipped = json.loads(alice.inner_text("#task-data"))["prompt"]
