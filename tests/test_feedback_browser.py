@@ -150,7 +150,8 @@ def test_admin_labelers_export_and_agreement_in_a_browser(app, tmp_path):
                and sorted(r["responses"]) == sorted(shown))
     return [want[shown.index(text)] for text in rec["responses"]], rec
   expect, rec = alice_ranks(first, [0, 0, 1])
-  assert rec["ranks"] == expect and rec["flags"][rec["responses"].index(first[2])] == ["instruction"]
+  assert rec["ranks"] == expect
+  assert rec["flags"][rec["responses"].index(first[2])] == ["instruction"]
   assert rec["ratings"][rec["responses"].index(first[0])] == 6
   expect, rec = alice_ranks(second, [1, 1, 0])
   assert rec["ranks"] == expect and rec["notes"] == "keyboard only"

@@ -153,7 +153,8 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--json", action="store_true")
   s = verb("simulate", cmd_simulate, "simulated labelers answer over HTTP")
   s.add_argument("--url", default="http://127.0.0.1:8000")
-  s.add_argument("--users", required=True, help="name:password,... (labeler i = default_labelers()[i])")
+  s.add_argument("--users", required=True,
+                 help="name:password,... (labeler i = default_labelers()[i])")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--max-tasks", type=int, default=100000)
   return p

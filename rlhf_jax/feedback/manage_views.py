@@ -48,7 +48,8 @@ class ImportForm(forms.Form):
                                     ("demo", "Demonstration")))
   batch = forms.CharField(max_length=200, required=False)
   overlap_fraction = forms.FloatField(min_value=0, max_value=1, initial=0.2)
-  overlap = forms.IntegerField(min_value=2, max_value=20, initial=2, label="Labelers per overlap task")
+  overlap = forms.IntegerField(min_value=2, max_value=20, initial=2,
+                               label="Labelers per overlap task")
 
 
 @staff_only

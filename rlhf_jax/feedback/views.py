@@ -46,7 +46,8 @@ def _items(a: Assignment, post=None) -> list[dict]:
   """The responses in shown order, with any values the labeler already posted."""
   out = []
   for p, i in enumerate(a.order):
-    item = {"pos": p, "number": p + 1, "text": a.task.responses[i], "letter": "AB"[p] if p < 2 else ""}
+    item = {"pos": p, "number": p + 1, "text": a.task.responses[i],
+            "letter": "AB"[p] if p < 2 else ""}
     if post is not None:
       item.update(rank=post.get(f"rank_{p}", ""), rating=post.get(f"rating_{p}", ""),
                   flags=post.getlist(f"flag_{p}"))

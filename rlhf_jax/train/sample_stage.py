@@ -4,7 +4,8 @@ Face checkpoint) with the compiled sampler, and write the samples as JSON lines.
 Prompts are `prompts` (texts separated by "|"), or the held-out prompts of `data` (the built-in
 task's, or a dataset's prompt field). Each record has the prompt, the response, its token count,
 whether it ended with EOS, the sum of its log-probs at the sampling temperature, the policy's
-workdir and checkpoint step, and on the built-in task its gold score. Output: `<workdir>/samples.jsonl`, and the first few on the console.
+workdir and checkpoint step, and on the built-in task its gold score. Output:
+`<workdir>/samples.jsonl`, and the first few on the console.
 """
 
 from __future__ import annotations
