@@ -235,3 +235,14 @@ def test_concurrent_labelers_fill_each_overlap_exactly(server, tmp_path):
   # The two checkpoints' answers feed an Elo table: every owl answer is one game.
   assert {e["system"] for e in agreement["elo"]} == {"runs/ppo@180", "runs/sft@400"}
   assert sum(e["games"] for e in agreement["elo"]) == 2 * len(owls)
+
+
+def test_secret_is_generated_per_site_and_serve_binds_to_localhost(server, tmp_path):
+  from rlhf_jax.feedback import cli  # pylint: disable=g-import-not-at-top
+  key = server["home"] / "secret_key"
+  assert (key.stat().st_mode & 0o777) == 0o600 and len(key.read_text().strip()) >= 50
+  fl.cli(tmp_path / "other", "init", "--password", "admin-pass-123")
+  assert (tmp_path / "other" / "secret_key").read_text() != key.read_text()
+  assert cli.parser().parse_args(["serve"]).host == "127.0.0.1"
+  proc = fl.cli(tmp_path / "other", "init", "--password", "admin-pass-123", check=False)
+  assert proc.returncode == 2 and "already holds a feedback site" in proc.stderr
