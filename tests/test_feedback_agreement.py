@@ -2,6 +2,7 @@
 published reference (Krippendorff's own worked example), on small cases with ties."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -97,3 +98,27 @@ def test_seconds_per_task():
   assert s["a"] == {"median": 20.0, "mean": 20.0, "n": 2}
   assert s["all"]["median"] == 10.0 and s["all"]["n"] == 3
   assert np.isclose(s["b"]["mean"], 5.0)
+
+
+def test_the_app_imports_no_jax_and_training_code_never_imports_the_app(tmp_path):
+  import glob  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import sys, importlib, pkgutil; from rlhf_jax.feedback import site; "
+          f"site.create({str(tmp_path)!r}, None); site.setup({str(tmp_path)!r}); "
+          "import rlhf_jax.feedback as f; "
+          "[importlib.import_module('rlhf_jax.feedback.' + m.name) "
+          " for m in pkgutil.iter_modules(f.__path__) if m.name not in ('__main__', 'wsgi')]; "
+          "import rlhf_jax.feedback.urls; print(sorted(k for k in sys.modules if k == 'jax' "
+          "or k.startswith('jax.') or k.startswith('flax')))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": repo}, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "[]"
+  imports_app = re.compile(r"^\s*(from|import)\s+rlhf_jax\.feedback|import_module\([\"']rlhf_jax"
+                           r"\.feedback", re.M)
+  for path in glob.glob(os.path.join(repo, "rlhf_jax", "**", "*.py"), recursive=True):
+    if os.sep + "feedback" + os.sep not in path:  # (human_round runs its command line)
+      assert not imports_app.search(open(path).read()), path
