@@ -44,3 +44,29 @@ def save_checkpoint(path: str, chat: bool = True, seed: int = 0):
                                  pad_token_id=0)
   transformers.LlamaForCausalLM(cfg).save_pretrained(path)
   return path
+
+
+def workdir_from_checkpoint(ckpt: str, workdir: str) -> str:
+  """A stage workdir (model.json + an Orbax checkpoint of the params) holding `ckpt`'s model,
+  as an SFT run from it would leave (tokenizer recorded as the checkpoint's)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+
+  from rlhf_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.models import hf  # pylint: disable=g-import-not-at-top
+  cfg, params = hf.load_checkpoint(ckpt)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "model.json"), "w", encoding="utf-8") as f:
+    json.dump({"model": dataclasses.asdict(cfg), "heads": "lm", "stage": "sft",
+               "tokenizer": ckpt}, f)
+  ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  from flax import struct  # pylint: disable=g-import-not-at-top
+
+  @struct.dataclass
+  class State:
+    params: dict
+    step: int
+
+  ck.save(1, State(params, 1), {})
+  ck.close()
+  return workdir

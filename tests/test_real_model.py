@@ -90,3 +90,25 @@ def test_fetch_is_idempotent_and_marks_its_check(smol):
   path = smol[0]
   assert fetch.fetch(path) == path  # a finished directory is not converted again
   assert os.path.isfile(os.path.join(path, "generation_config.json"))
+
+
+def test_export_generates_as_the_source_does(smol, tmp_path):
+  """A workdir holding SmolLM2 exports to a directory on which transformers' `generate`, with
+  its defaults, gives the source's tokens and stops at `<|im_end|>` as the source does."""
+  import chat_tokenizers  # pylint: disable=g-import-not-at-top
+
+  from rlhf_jax import export  # pylint: disable=g-import-not-at-top
+  path, tok, _, _, ref = smol
+  wd = chat_tokenizers.workdir_from_checkpoint(path, str(tmp_path / "sft"))
+  out = str(tmp_path / "export")
+  export.export(wd, out)
+  exported = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  ids = torch.tensor([_prompts(tok)[0]])
+  with torch.no_grad():
+    a = ref.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                     max_new_tokens=48)[0, ids.shape[1]:].tolist()
+    b = exported.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                          max_new_tokens=48)[0, ids.shape[1]:].tolist()
+  assert a == b and a[-1] == tok.eos_id and len(a) < 48, tok.decode(b, False)
+  again = transformers.AutoTokenizer.from_pretrained(out)
+  assert again.chat_template == transformers.AutoTokenizer.from_pretrained(path).chat_template
