@@ -6,8 +6,9 @@
   python -m rlhf_jax.main --config=configs/sample.py --config.init.hf_checkpoint=/ckpt/Qwen2.5-0.5B \
       --config.prompts="What is RLHF?" --config.sampling.temperature=0.7
 
-Without `prompts`, the held-out prompts of `data` are used (the built-in task's by default, with
-their gold scores). Samples go to `<workdir>/samples.jsonl`.
+Plain prompts are rendered with the tokenizer's chat template (one user turn) when it has one.
+Without `prompts` or `prompts_file`, the held-out prompts of `data` are used (the built-in
+task's by default, with their gold scores). Samples go to `<workdir>/samples.jsonl`.
 """
 
 import ml_collections as mc
@@ -20,8 +21,10 @@ def get_config(arg=None):
   if preset:
     raise ValueError(f"configs/sample.py: no presets (got {preset!r})")
   c = config_base.base_config("sample")
-  c.init.from_workdir = "runs/ppo"
+  c.init.from_workdir = ""  # "" = runs/ppo, unless init.hf_checkpoint is set
   c.prompts = ""  # "text|text|...": sample these instead of the data's held-out prompts
+  # A .txt file (one prompt a line; "\\n" in a line is a newline) or .jsonl ({"prompt": ...}).
+  c.prompts_file = ""
   c.data.max_prompt_len = 24  # data prompts longer than this keep their last tokens
   c.data.builtin_eval = 64
   c.sampling = mc.ConfigDict({

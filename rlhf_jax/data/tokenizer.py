@@ -173,6 +173,19 @@ def _through_end_of_turn(ids: Sequence[int], start: int, end: int, eos_id: int) 
   return end
 
 
+def prompt_ids(tokenizer, text: str) -> list[int]:
+  """Ids of a prompt a user typed: a plain question is rendered as one user turn of the chat
+  template with its generation prompt (when the tokenizer has a template); text that already
+  holds the tokenizer's special tokens (a rendered conversation) is encoded as it is."""
+  tok = getattr(tokenizer, "_tok", None)
+  if not getattr(tokenizer, "chat_template", None) or tok is None:
+    return tokenizer.encode(text.strip())
+  if any(s and s in text for s in tok.all_special_tokens):
+    return tokenizer.encode(text)
+  return tokenizer.apply_chat_template([{"role": "user", "content": text.strip()}],
+                                       add_generation_prompt=True)
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
   """"builtin": the built-in task's tokenizer; anything else: a local HF tokenizer directory."""
   if spec == "builtin":
