@@ -9,6 +9,7 @@ Each field's meaning is documented beside its default.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 
 import ml_collections as mc
@@ -33,6 +34,38 @@ def model_section(preset: str = "tiny") -> mc.ConfigDict:
     base = t if t in (int, float, str, bool) else (tuple if "tuple" in str(t) else str)
     fields[f.name] = config_dict.placeholder(base)
   return mc.ConfigDict(fields)
+
+
+def shared_data(relative: str) -> str:
+  """A file of the real-data folder the :smollm2 presets read: $RLHF_JAX_DATA, else
+  ../shared/data beside this checkout (only the developers' machines have it; elsewhere the
+  stage stops with "data.source=... does not exist": point data.source at your copy)."""
+  root = os.environ.get("RLHF_JAX_DATA") or os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+  return os.path.normpath(os.path.join(root, relative))
+
+
+def smollm2(c: mc.ConfigDict) -> None:
+  """The :smollm2 presets' model: SmolLM2-135M-Instruct as `python -m rlhf_jax.models.fetch`
+  converts it ($RLHF_JAX_SMOLLM2 or the user cache), read with its own tokenizer (ChatML, end of
+  turn <|im_end|>), fp32 compute (bf16 is slower on CPUs), LoRA rank 8 on every projection."""
+  from rlhf_jax.models import fetch  # pylint: disable=g-import-not-at-top
+  c.init.hf_checkpoint = fetch.default_dir()
+  c.init.from_workdir = ""
+  c.data.tokenizer = ""
+  c.model.dtype = "float32"
+  c.model.remat = "none"
+  c.model.lora_rank = 8
+  c.model.lora_alpha = 16.0
+
+
+def smollm2_prompts(c: mc.ConfigDict) -> None:
+  """hh-rlhf helpful-base dialogues up to their last reply, in SmolLM2's chat template: the RL,
+  best-of-n and sample prompts of the :smollm2 presets (a hash-held-out 10% evaluates). Longer
+  prompts than 256 tokens are skipped (and counted), not cut: a cut loses the system prompt."""
+  c.data.update(source=shared_data("hh-rlhf/helpful-base/test.jsonl.gz"), format="dialogue",
+                text_field="chosen", eval_fraction=0.1, max_len=1024, max_prompt_len=256,
+                truncation="skip", builtin_eval=32)
 
 
 def init_section() -> mc.ConfigDict:
