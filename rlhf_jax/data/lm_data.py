@@ -19,14 +19,19 @@ import numpy as np
 from rlhf_jax import parallel, sampling
 from rlhf_jax.data import batching, demonstrations, train_tokenizer
 from rlhf_jax.data.tokenizer import load_tokenizer as _load_tokenizer
-from rlhf_jax.errors import ConfigError
+from rlhf_jax.errors import ConfigError, DataError
 
 
 def _source_tokenizer(config) -> str:
   """The tokenizer the stage's model comes with: the HF checkpoint directory, or the spec an
   earlier stage's workdir recorded in its model.json; "" when neither says (random init)."""
   if config.init.hf_checkpoint:
-    return config.init.hf_checkpoint
+    path = config.init.hf_checkpoint
+    if not os.path.isdir(os.path.expanduser(path)):
+      from rlhf_jax.models import fetch  # pylint: disable=g-import-not-at-top
+      hint = (f"; `{fetch.FETCH_COMMAND}` makes it" if _same(path, fetch.default_dir()) else "")
+      raise DataError(f"init.hf_checkpoint={path!r} does not exist{hint}")
+    return path
   if config.init.from_workdir:
     path = os.path.join(config.init.from_workdir, "model.json")
     if os.path.isfile(path):
