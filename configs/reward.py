@@ -94,8 +94,8 @@ def get_config(arg=None):
     c.data.max_records = 1200
     c.optim.learning_rate = 1e-4
     c.optim.warmup_steps = 5
-    c.train.update(batch_size=8, steps=60, log_every=10, eval_every=60, eval_batches=8,
-                   checkpoint_every=60)
+    c.train.update(batch_size=4, steps=80, log_every=10, eval_every=80, eval_batches=16,
+                   checkpoint_every=40)  # 4 pairs = 8 rows a step
   elif preset == "hh_scratch":
     c.init.from_workdir = ""
     c.data.source = "Anthropic/hh-rlhf"

@@ -112,3 +112,26 @@ def test_export_generates_as_the_source_does(smol, tmp_path):
   assert a == b and a[-1] == tok.eos_id and len(a) < 48, tok.decode(b, False)
   again = transformers.AutoTokenizer.from_pretrained(out)
   assert again.chat_template == transformers.AutoTokenizer.from_pretrained(path).chat_template
+
+
+@pytest.mark.slow
+def test_real_answers_fit_the_presets_length(smol):
+  """Greedy SmolLM2 answers to held-out hh-rlhf prompts end with <|im_end|> within the presets'
+  160 new tokens (the built-in task's 40 would cut most of them and give the missing-EOS score)."""
+  from rlhf_jax import config_base  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import rl_data  # pylint: disable=g-import-not-at-top
+  _, tok, cfg, params, _ = smol
+  c = config_base.from_file(os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "ppo.py:smollm2"))
+  if not os.path.exists(c.data.source):
+    pytest.skip(f"{c.data.source} is absent")
+  prompts = rl_data.build(c, tok).eval_prompts[:8]
+  tokens, mask = sampling.left_pad(prompts, tok.pad_id)
+  ends = {}
+  for n in (40, c.rl.max_new_tokens):
+    out = sampling.generate(params, tokens, mask, jax.random.PRNGKey(0), model_cfg=cfg,
+                            cfg=sampling.SamplingConfig(max_new_tokens=n, temperature=0.0),
+                            eos_id=tok.eos_id, pad_id=tok.pad_id)
+    ends[n] = int(np.sum(np.any(np.asarray(out["tokens"]) == tok.eos_id, axis=1)))
+  print(f"REAL-MODEL answers ending within 40 / {c.rl.max_new_tokens} tokens: {ends}")
+  assert ends[c.rl.max_new_tokens] >= 6 and ends[c.rl.max_new_tokens] > ends[40]

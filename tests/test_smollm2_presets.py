@@ -62,3 +62,25 @@ def test_missing_data_names_data_source(tmp_path, monkeypatch):
   c.data.max_len = 64  # the tiny checkpoint's context is 128
   with pytest.raises(DataError, match=r"data.source=.*no_data.*does not exist"):
     stages.run(c, str(tmp_path / "run"))
+
+
+@pytest.mark.slow  # about 3 minutes on a loaded 2-core machine
+def test_ppo_smollm2_runs_sft_reward_ppo_end_to_end(shared_data, tmp_path, monkeypatch):
+  """`configs/ppo.py:smollm2` with no flag but sizes runs SFT -> RM -> PPO on the real data; a
+  tiny ChatML checkpoint stands in for SmolLM2 (same tokenizer rules, seconds not hours)."""
+  import chat_tokenizers  # pylint: disable=g-import-not-at-top
+  ckpt = chat_tokenizers.save_checkpoint(str(tmp_path / "ckpt"))
+  monkeypatch.setenv(fetch.ENV, ckpt)
+  monkeypatch.chdir(tmp_path)
+  c = _cfg("ppo")
+  small = dict(steps=2, eval_every=2, checkpoint_every=2, eval_batches=1, batch_size=8)
+  c.pipeline.sft.data.max_len = 96
+  c.pipeline.sft.train.update(num_samples=0, **small)
+  c.pipeline.reward.data.update(max_len=96, max_records=40)
+  c.pipeline.reward.train.update(**small)
+  c.data.update(max_len=96, max_prompt_len=64, builtin_eval=8)
+  c.rl.update(iterations=1, rollout_batch=8, minibatches=1, max_new_tokens=16)
+  c.train.update(eval_every=1, checkpoint_every=1, num_samples=0)
+  out = stages.run(c, c.workdir)
+  assert os.path.isfile(tmp_path / "runs/pipeline_smollm2/reward/reward_norm.json")
+  assert out is not None
