@@ -60,6 +60,7 @@ def test_missing_data_names_data_source(tmp_path, monkeypatch):
   c = _cfg("sft")
   c.init.hf_checkpoint = chat_tokenizers.save_checkpoint(str(tmp_path / "ckpt"))
   c.data.max_len = 64  # the tiny checkpoint's context is 128
+  c.train.batch_size = 8  # the tests' 8 fake devices
   with pytest.raises(DataError, match=r"data.source=.*no_data.*does not exist"):
     stages.run(c, str(tmp_path / "run"))
 
