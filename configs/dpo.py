@@ -3,6 +3,7 @@ training; the SFT policy is the start and the frozen reference.
 
   python -m rlhf_jax.main --config=configs/dpo.py     # after (or running) the PPO pipeline
   python -m rlhf_jax.main --config=configs/dpo.py --config.dpo.loss=ipo --workdir=runs/ipo
+  python -m rlhf_jax.main --config=configs/dpo.py:smollm2   # SmolLM2 on hh-rlhf pairs
   python -m rlhf_jax.main --config=configs/dpo.py --config.data.source=/data/prefs.jsonl \
       --config.data.format=pairs --config.data.eval_split=""      # your own comparisons
 
@@ -18,14 +19,16 @@ from rlhf_jax import config_base
 
 
 def get_config(arg=None):
+  preset, _ = config_base.parse_arg(arg)
   c = config_base.sibling(__file__, "ppo", arg)  # the pipeline, model, init and mesh of RL
-  rm = config_base.sibling(__file__, "reward")
+  rm = config_base.sibling(__file__, "reward", preset or None)
   c.stage = "dpo"
   del c["rl"], c["reward"], c["critic_optim"]
   c.data = rm.data  # the comparison data fields of the reward model
-  # "pipeline": the pipeline reward stage's comparison files; or a file, folder or hub name.
-  c.data.source = "pipeline"
-  c.data.format = "ranked"
+  if preset != "smollm2":  # smollm2: the reward model's own hh-rlhf comparisons
+    # "pipeline": the pipeline reward stage's comparison files; or a file, folder or hub name.
+    c.data.source = "pipeline"
+    c.data.format = "ranked"
   c.dpo = mc.ConfigDict({
       "beta": 0.1,  # strength of the implicit KL constraint (IPO: its tau)
       "loss": "dpo",  # "dpo" (sigmoid) or "ipo" (squared)
@@ -38,4 +41,11 @@ def get_config(arg=None):
   c.train.update(steps=400, batch_size=16, log_every=50, eval_every=100, checkpoint_every=200,
                  eval_batches=0, num_samples=0)
   c.workdir = "runs/dpo"
+  if preset == "smollm2":  # the pipeline's SFT policy (LoRA) on 240 hh-rlhf pairs, CPU-sized
+    c.dpo.beta = 0.1
+    c.optim.learning_rate = 5e-5
+    c.optim.warmup_steps = 5
+    c.train.update(steps=60, batch_size=4, log_every=10, eval_every=60, checkpoint_every=60,
+                   eval_batches=8)
+    c.workdir = "runs/dpo_smollm2"
   return c

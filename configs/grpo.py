@@ -6,6 +6,7 @@ as configs/ppo.py (64 responses per iteration). The policy loss is the clipped s
 over all response tokens of the minibatch (not per sequence first).
 
   python -m rlhf_jax.main --config=configs/grpo.py     # reuses the pipeline's finished stages
+  python -m rlhf_jax.main --config=configs/grpo.py:smollm2   # SmolLM2: 2 prompts x 8 per iteration
 """
 
 from rlhf_jax import config_base
@@ -17,5 +18,6 @@ def get_config(arg=None):
   c.rl.update(algorithm="grpo", critic="none", group_size=8,  # 8 prompts x 8 responses
               group_scale="group", kl_penalty="loss", kl_estimator="k3",
               whiten_advantages=False)
-  c.workdir = "runs/grpo"
+  preset, _ = config_base.parse_arg(arg)
+  c.workdir = f"runs/grpo{'_' + preset if preset else ''}"
   return c

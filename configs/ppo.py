@@ -9,7 +9,11 @@ The upstream stages (pretraining, SFT, reward model) are full configs under `pip
 run. The policy and the frozen reference start from `pipeline.sft.workdir`; the reward model(s)
 are `reward.models` (by default the pipeline's reward workdir).
 
-Presets: "" (the built-in task) only, for now.
+Presets: "" (the built-in task); "smollm2": SmolLM2-135M-Instruct (`python -m
+rlhf_jax.models.fetch`), SFT on the Alpaca seed tasks -> a reward model on hh-rlhf -> PPO on
+hh-rlhf prompts, LoRA throughout, CPU-sized (workdirs runs/pipeline_smollm2/*, runs/ppo_smollm2):
+
+  python -m rlhf_jax.main --config=configs/ppo.py:smollm2
 """
 
 import ml_collections as mc
@@ -96,7 +100,31 @@ def get_config(arg=None):
   c.init.from_workdir = c.pipeline.sft.get_ref("workdir")
   c.pipeline.reward.init.from_workdir = c.pipeline.sft.get_ref("workdir")
   c.reward.models = c.pipeline.reward.get_ref("workdir")
-  if preset:
-    raise ValueError(f"configs/ppo.py: unknown preset {preset!r}")
+  if preset == "smollm2":
+    _smollm2(c)
+  elif preset:
+    raise ValueError(f"configs/ppo.py: unknown preset {preset!r}; use smollm2")
   c.workdir = f"runs/ppo{'_' + preset if preset else ''}"
   return c
+
+
+def _smollm2(c) -> None:
+  """SFT -> RM -> PPO on SmolLM2-135M-Instruct, LoRA throughout, sized for a CPU."""
+  sft, rm = _stage_config("sft", "smollm2"), _stage_config("reward", "smollm2")
+  c.pipeline = mc.ConfigDict({"run_upstream": True, "sft": sft, "reward": rm})
+  c.pipeline.sft.workdir = "runs/pipeline_smollm2/sft"
+  c.pipeline.reward.workdir = "runs/pipeline_smollm2/reward"
+  c.pipeline.reward.init.hf_checkpoint = ""  # InstructGPT: the RM starts from the SFT policy
+  c.pipeline.reward.init.from_workdir = c.pipeline.sft.get_ref("workdir")
+  config_base.smollm2(c)
+  c.init.hf_checkpoint = ""
+  c.init.from_workdir = c.pipeline.sft.get_ref("workdir")
+  c.reward.models = c.pipeline.reward.get_ref("workdir")
+  config_base.smollm2_prompts(c)
+  # Real answers need room: 160 new tokens end most SmolLM2 replies with <|im_end|> (40, the
+  # built-in task's, would make the missing-EOS score the reward of nearly every answer).
+  c.rl.update(iterations=8, rollout_batch=16, minibatches=2, epochs=2, max_new_tokens=160,
+              kl_coef=0.05, adaptive_kl=False)
+  c.optim.learning_rate = 1e-4
+  c.critic_optim.learning_rate = 1e-4
+  c.train.update(log_every=1, eval_every=8, checkpoint_every=4, num_samples=2)

@@ -10,7 +10,8 @@ Presets (`:name`): "" (built-in task: SFT samples ranked by simulated labelers),
 (Anthropic/hh-rlhf on the hub, from a Hugging Face checkpoint), "hh_scratch" (hh-rlhf-format
 files, a small model from scratch with a BPE tokenizer trained on the training split, summed
 token scores and the language-modelling regulariser), "pairs"
-(prompt/chosen/rejected records from a checkpoint), "ranked" (prompt/responses/ranking records).
+(prompt/chosen/rejected records from a checkpoint), "ranked" (prompt/responses/ranking records),
+"smollm2" (SmolLM2-135M-Instruct with LoRA on local hh-rlhf helpful-base, CPU-sized).
 """
 
 from ml_collections import config_dict
@@ -82,6 +83,21 @@ def get_config(arg=None):
     if preset == "hh":
       c.data.source = "Anthropic/hh-rlhf"
       c.data.eval_split = "test"
+  elif preset == "smollm2":
+    # SmolLM2-135M-Instruct with a LoRA and a fresh scalar head on hh-rlhf helpful-base (its
+    # test split is all there is here: 90% trains, a hash-held-out 10% evaluates). The score is
+    # read at <|im_end|>, where PPO reads it (the one rule of rlhf_jax/data/tokenizer.py).
+    config_base.smollm2(c)
+    c.data.source = config_base.shared_data("hh-rlhf/helpful-base/test.jsonl.gz")
+    c.data.format = "hh"
+    c.data.max_len = 384
+    c.data.truncation = "skip"  # a cut prompt would lose the system prompt
+    c.data.eval_fraction = 0.1
+    c.data.max_records = 1200
+    c.optim.learning_rate = 1e-4
+    c.optim.warmup_steps = 5
+    c.train.update(batch_size=4, steps=80, log_every=10, eval_every=80, eval_batches=16,
+                   checkpoint_every=40)  # 4 pairs = 8 rows a step
   elif preset == "hh_scratch":
     # Defaults that learn content, not only length and surface words: summed token scores
     # (`model.score_pooling="sum"`: every response token adds its score, so a matched word
@@ -111,6 +127,6 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.1
   elif preset:
     raise ValueError(f"configs/reward.py: unknown preset {preset!r}; use hh, hh_scratch, pairs, "
-                     "ranked")
+                     "ranked, smollm2")
   c.workdir = f"runs/reward{'_' + preset if preset else ''}"
   return c

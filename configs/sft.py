@@ -4,12 +4,14 @@
   python -m rlhf_jax.main --config=configs/sft.py:hf \
       --config.init.hf_checkpoint=/ckpt/Qwen2.5-0.5B --config.data.source=/data/demos.jsonl
   python -m rlhf_jax.main --config=configs/sft.py:hh --config.init.hf_checkpoint=/ckpt/...
+  python -m rlhf_jax.main --config=configs/sft.py:smollm2      # SmolLM2-135M-Instruct, CPU, LoRA
   python -m rlhf_jax.main --config=configs/sft.py:qwen05b      # random weights, benchmark shape
   python -m rlhf_jax.main --config=configs/sft.py:rejection_sampling   # after best_of_n.py:train
 
 Presets (`:name`): "" (built-in task), "hf" (a Hugging Face checkpoint on demonstrations),
 "hh" (Anthropic hh-rlhf dialogues, hub name Anthropic/hh-rlhf), "alpaca" (instruction/output
-records), "qwen05b" / "llama1b" (random weights, synthetic tokens, for speed measurements),
+records), "smollm2" (SmolLM2-135M-Instruct from `python -m rlhf_jax.models.fetch` on the Alpaca
+seed tasks, LoRA, CPU-sized), "qwen05b" / "llama1b" (random weights, synthetic tokens, for speed measurements),
 "rejection_sampling" (the pipeline's SFT policy on its own best-of-16 answers, Llama 2's RS).
 """
 
@@ -47,6 +49,22 @@ def get_config(arg=None):
       c.data.prompt_field = "instruction"
       c.data.response_field = "output"
       c.data.input_field = "input"
+  elif preset == "smollm2":
+    # SmolLM2-135M-Instruct (python -m rlhf_jax.models.fetch) on the 175 human-written Alpaca
+    # seed tasks, LoRA, sized for a CPU. Rows are rendered with its ChatML template (its default
+    # system prompt included), so nothing is cut: longer rows are skipped and counted.
+    config_base.smollm2(c)
+    c.data.source = config_base.shared_data("alpaca_seed_tasks/seed_tasks.jsonl")
+    c.data.prompt_field = "instruction"
+    c.data.input_field = "instances.0.input"
+    c.data.response_field = "instances.0.output"
+    c.data.max_len = 384
+    c.data.truncation = "skip"
+    c.data.eval_fraction = 0.1
+    c.optim.learning_rate = 2e-4
+    c.optim.warmup_steps = 5
+    c.train.update(batch_size=4, steps=60, log_every=5, eval_every=30, eval_batches=2,
+                   checkpoint_every=30, num_samples=2, sample_tokens=160)
   elif preset in ("qwen05b", "llama1b"):
     c.model.preset = preset
     c.model.remat = "dots_no_batch"
@@ -72,7 +90,7 @@ def get_config(arg=None):
     c.train.checkpoint_every = 100
     c.optim.learning_rate = 3e-4
   elif preset:
-    raise ValueError(f"configs/sft.py: unknown preset {preset!r}; use hf, hh, alpaca, qwen05b, "
-                     "llama1b, rejection_sampling")
+    raise ValueError(f"configs/sft.py: unknown preset {preset!r}; use hf, hh, alpaca, smollm2, "
+                     "qwen05b, llama1b, rejection_sampling")
   c.workdir = f"runs/sft{'_' + preset if preset else ''}"
   return c

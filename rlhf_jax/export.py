@@ -5,13 +5,18 @@
 Reads the workdir's model.json and newest checkpoint, folds LoRA adapters into the kernels they
 adapt (a stage trained with `model.lora_rank > 0`), and writes config.json + safetensors that
 `transformers.AutoModelForCausalLM.from_pretrained` loads (Llama/Qwen2 or GPT-2 layouts; the
-LM only, a score head is not exported). The tokenizer is not written: a built-in or BPE tokenizer
-of this repo has no Hugging Face form.
+LM only, a score head is not exported). A model that came from a Hugging Face checkpoint also gets
+that checkpoint's tokenizer files (chat template included), its bos/eos/pad ids in config.json,
+and a generation_config.json (the source's, if it has one) whose eos is the end-of-turn token the
+stages stop at, so `generate` on the export stops where it does on the source. The built-in or a
+BPE tokenizer of this repo has no Hugging Face form and is not written.
 Not for: the format itself (`rlhf_jax.models.hf.save_checkpoint`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from absl import app, flags
@@ -33,8 +38,31 @@ def export(workdir: str, out: str) -> dict:
                     "export as a causal LM")
   config = config_base.base_config("export")
   model_cfg, params = model_init.load_workdir_params(workdir, config, heads="lm")
-  hf.save_checkpoint(out, model_cfg, params)
-  return {"model": model_cfg, "lora_merged": bool(info["model"].get("lora_rank"))}
+  tok_dir = info.get("tokenizer") or ""
+  tok = None
+  if tok_dir not in ("", "builtin") and os.path.isdir(os.path.expanduser(tok_dir)):
+    from rlhf_jax.data.tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+    tok = HFTokenizer(tok_dir)
+  ids = (None if tok is None else
+         {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
+  hf.save_checkpoint(out, model_cfg, params, token_ids=ids)
+  if tok is not None:
+    _write_tokenizer_files(tok, out, ids)
+  return {"model": model_cfg, "lora_merged": bool(info["model"].get("lora_rank")),
+          "tokenizer": tok.path if tok is not None else None}
+
+
+def _write_tokenizer_files(tok, out: str, ids: dict) -> None:
+  """The source's tokenizer files and a generation_config.json that stops at `eos_token_id`."""
+  tok._tok.save_pretrained(out)  # pylint: disable=protected-access
+  gen = {}
+  src = os.path.join(tok.path, "generation_config.json")
+  if os.path.isfile(src):
+    with open(src, encoding="utf-8") as f:
+      gen = json.load(f)
+  gen.update({k: v for k, v in ids.items() if v is not None})
+  with open(os.path.join(out, "generation_config.json"), "w", encoding="utf-8") as f:
+    json.dump(gen, f, indent=2, sort_keys=True)
 
 
 def main(argv):
@@ -48,7 +76,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"wrote {_OUT.value}: {got['model'].num_params() / 1e6:.2f}M params"
-        + (" (LoRA adapters merged)" if got["lora_merged"] else ""))
+        + (" (LoRA adapters merged)" if got["lora_merged"] else "")
+        + (f", tokenizer of {got['tokenizer']}" if got["tokenizer"] else ", no tokenizer"))
 
 
 if __name__ == "__main__":

@@ -9,25 +9,72 @@ speed at a real model's shape). Not for: comparison data (the reward-model stage
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from rlhf_jax import parallel, sampling
-from rlhf_jax.data import batching, demonstrations
+from rlhf_jax.data import batching, demonstrations, train_tokenizer
 from rlhf_jax.data.tokenizer import load_tokenizer as _load_tokenizer
-from rlhf_jax.errors import ConfigError
+from rlhf_jax.errors import ConfigError, DataError
 
 
-def load_tokenizer(config):
-  spec = config.data.tokenizer or config.init.hf_checkpoint
+def _source_tokenizer(config) -> str:
+  """The tokenizer the stage's model comes with: the HF checkpoint directory, or the spec an
+  earlier stage's workdir recorded in its model.json; "" when neither says (random init)."""
+  if config.init.hf_checkpoint:
+    path = config.init.hf_checkpoint
+    if not os.path.isdir(os.path.expanduser(path)):
+      from rlhf_jax.models import fetch  # pylint: disable=g-import-not-at-top
+      hint = (f"; `{fetch.FETCH_COMMAND}` makes it" if _same(path, fetch.default_dir()) else "")
+      raise DataError(f"init.hf_checkpoint={path!r} does not exist{hint}")
+    return path
+  if config.init.from_workdir:
+    path = os.path.join(config.init.from_workdir, "model.json")
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        return json.load(f).get("tokenizer") or ""
+  return ""
+
+
+def _same(a: str, b: str) -> bool:
+  def norm(s):
+    s = os.path.expanduser(s)
+    return os.path.realpath(s) if os.path.isdir(s) else s
+  return norm(a) == norm(b)
+
+
+def tokenizer_spec(config) -> str:
+  """The tokenizer a stage reads and writes its text with: the one rule.
+
+  A model from a Hugging Face checkpoint (`init.hf_checkpoint`, or a workdir made from one)
+  reads text with that checkpoint's own tokenizer: `data.tokenizer` "" or "builtin" (the default
+  of every config) means it, and any other directory is a ConfigError (the model's ids would
+  mean other words). Otherwise `data.tokenizer`, "builtin" for random tokens.
+  """
+  spec, src = config.data.tokenizer, _source_tokenizer(config)
+  if src and src != "builtin" and not train_tokenizer.parse_spec(src):
+    if spec in ("", "builtin"):
+      return src
+    if not _same(spec, src):
+      raise ConfigError(f"data.tokenizer={spec!r} differs from the tokenizer of the model this "
+                        f"stage starts from ({src!r}); leave data.tokenizer empty to use the "
+                        "model's own")
+    return spec
+  spec = spec or src
   if config.data.source == "random" and not spec:
     spec = "builtin"
   if not spec:
     raise ConfigError("data.tokenizer is empty and init.hf_checkpoint is not set: name a "
                       "tokenizer directory, or 'builtin'")
-  return _load_tokenizer(spec)
+  return spec
+
+
+def load_tokenizer(config):
+  return _load_tokenizer(tokenizer_spec(config))
 
 
 @dataclasses.dataclass

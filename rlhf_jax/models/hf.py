@@ -458,14 +458,16 @@ def hf_config(cfg: ModelConfig) -> dict:
 
 
 def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, params,
-                    *, max_shard_size_bytes: int | None = None) -> None:
+                    *, max_shard_size_bytes: int | None = None,
+                    token_ids: Mapping[str, int | None] | None = None) -> None:
   """Writes config.json and safetensors that `AutoModelForCausalLM.from_pretrained` loads.
 
   `params` may be jax arrays (sharded ones are gathered to host; on several hosts every process
   must call this, and only one should write) in either layer layout; a score head is dropped,
   and LoRA adapters are merged into their kernels. Over `max_shard_size_bytes`, weights go to
   numbered shards plus an index.
-  Earlier model*.safetensors files in `path` are removed first.
+  Earlier model*.safetensors files in `path` are removed first. `token_ids`
+  ({"bos_token_id", "eos_token_id", "pad_token_id"}) go into config.json.
   """
   path = os.fspath(path)
   model_type = _family_of(cfg)
@@ -496,6 +498,7 @@ def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, params,
     if os.path.isfile(old):
       os.remove(old)
   hf_cfg = hf_config(cfg)
+  hf_cfg.update({k: v for k, v in (token_ids or {}).items() if v is not None})
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
 

@@ -109,7 +109,7 @@ def run(config, workdir: str) -> dict:
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
   models, rule = rm_model.load_reward_models(config.reward, config)
-  rm_model.check_tokenizers(models, config.data.tokenizer or config.init.hf_checkpoint)
+  rm_model.check_tokenizers(models, lm_data.tokenizer_spec(config))
   data = rl_data.build(config, tokenizer)
   if b.prompts not in ("eval", "train"):
     raise ConfigError(f"best_of_n.prompts={b.prompts!r} must be 'eval' (held-out: the "

@@ -63,8 +63,7 @@ def run(config, workdir: str) -> dict:
       batches=batches, writer=writer)
   del ref_host
   model_init.write_model_json(workdir, model_cfg, config, heads="lm",
-                              extra={"tokenizer": config.data.tokenizer or
-                                     config.init.hf_checkpoint})
+                              extra={"tokenizer": lm_data.tokenizer_spec(config)})
   batch_sh = {k: parallel.batch_sharding(mesh, rules, n)
               for k, n in dpo_steps.BATCH_NDIMS.items()}
   rep = parallel.replicated(mesh)
@@ -109,7 +108,7 @@ def run(config, workdir: str) -> dict:
       flops_per_token=3 * model_cfg.flops_per_token(seq_len),  # policy fwd+bwd, reference fwd
       peak_flops=metrics.peak_flops(tc.peak_tflops))
   policy_eval = None
-  if step >= tc.steps and config.data.tokenizer == "builtin" and config.eval_policy.prompts:
+  if step >= tc.steps and lm_data.tokenizer_spec(config) == "builtin" and config.eval_policy.prompts:
     policies = {"SFT (reference)": dpo_steps.reference_of(state.params, ref_params),
                 "DPO": state.params}
     policy_eval = policy_eval_lib.evaluate_policies(config, model_cfg, tokenizer, mesh, rules,

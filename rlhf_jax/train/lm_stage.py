@@ -65,7 +65,7 @@ def run(config, workdir: str) -> dict:
       peak_flops=metrics.peak_flops(tc.peak_tflops))
   policy_eval = None
   if ("eval_policy" in config and config.eval_policy.prompts and step >= config.train.steps
-      and config.data.tokenizer == "builtin" and config.init.from_workdir):
+      and lm_data.tokenizer_spec(config) == "builtin" and config.init.from_workdir):
     # E.g. rejection-sampling fine-tuning: the result beside the policy it started from.
     _, start = model_init.load_workdir_params(config.init.from_workdir, config, "lm")
     policies = {"start (reference)": start, stage.upper(): state.params}

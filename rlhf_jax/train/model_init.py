@@ -19,6 +19,7 @@ import os
 
 import jax
 
+from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import ModelConfig, lora
 # Moved below the stages (the reward scorer reads workdirs too); the old names stay here.
@@ -73,7 +74,7 @@ def write_model_json(workdir: str, model_cfg: ModelConfig, config, heads: str = 
     return
   os.makedirs(workdir, exist_ok=True)
   d = {"model": dataclasses.asdict(model_cfg), "heads": heads, "stage": config.stage,
-       "tokenizer": config.data.tokenizer or config.init.hf_checkpoint}
+       "tokenizer": lm_data.tokenizer_spec(config)}
   d.update(extra or {})
   with open(os.path.join(workdir, "model.json"), "w", encoding="utf-8") as f:
     json.dump(d, f, indent=1)

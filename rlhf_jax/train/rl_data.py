@@ -59,7 +59,9 @@ def build(config, tokenizer) -> RLData:
     gold = builtin_task.gold_scores
     where = "built-in RL prompts"
   else:
-    demo_cfg = lm_data.demo_config(config, builtin=False)
+    # A prompt is cut by data.max_prompt_len only (counted below), never by the SFT row length
+    # data.max_len; a record whose reply is long must not lose the start of its prompt.
+    demo_cfg = dataclasses.replace(lm_data.demo_config(config, builtin=False), max_len=1 << 30)
     train_ex, _ = demonstrations.load_examples(demo_cfg, tokenizer, "train")
     eval_ex, _ = demonstrations.load_examples(demo_cfg, tokenizer, "eval")
     train = [lm_data.prompt_of(ex, False) for ex in train_ex]
@@ -67,18 +69,27 @@ def build(config, tokenizer) -> RLData:
     if d.builtin_eval:
       evals = evals[:d.builtin_eval]
     gold, where = None, f"prompts of {d.source}"
-  trunc = sum(len(p) > width for p in train + evals)
-  if trunc and d.truncation != "truncate_prompt_left":
-    raise DataError(f"{trunc} prompts are longer than data.max_prompt_len={width} (set "
-                    "data.truncation='truncate_prompt_left' to keep their last tokens)")
-  train = [p[-width:] for p in train if p]
-  evals = [p[-width:] for p in evals if p]
+  long = sum(len(p) > width for p in train + evals)
+  if long and d.truncation not in ("truncate_prompt_left", "skip"):
+    raise DataError(f"{long} prompts are longer than data.max_prompt_len={width} (set "
+                    "data.truncation='truncate_prompt_left' to keep their last tokens, or "
+                    "'skip' to drop them)")
+  if d.truncation == "skip":
+    train = [p for p in train if p and len(p) <= width]
+    evals = [p for p in evals if p and len(p) <= width]
+    cut = f"{long} longer ones skipped"
+  else:
+    train = [p[-width:] for p in train if p]
+    evals = [p[-width:] for p in evals if p]
+    cut = f"{long} truncated from the left, their start lost"
   if not train:
-    raise DataError(f"data.source={d.source!r}: no training prompts")
+    raise DataError(f"data.source={d.source!r}: no training prompts (of at most "
+                    f"data.max_prompt_len={width} tokens)")
   if not evals:
-    raise DataError(f"data.source={d.source!r}: no held-out prompts")
+    raise DataError(f"data.source={d.source!r}: no held-out prompts (of at most "
+                    f"data.max_prompt_len={width} tokens)")
   summary = (f"{where}: {len(train)} train / {len(evals)} held-out prompts of at most {width} "
-             f"tokens ({trunc} truncated from the left)")
+             f"tokens ({cut})")
   return RLData(train, evals, summary, gold)
 
 

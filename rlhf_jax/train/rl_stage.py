@@ -70,7 +70,7 @@ def run(config, workdir: str) -> dict:
   latest = ckpt.latest_step()
   writer = metrics.MetricWriter(workdir, prefix=stage, resume_step=latest)
   tokenizer = lm_data.load_tokenizer(config)
-  tok_spec = config.data.tokenizer or config.init.hf_checkpoint
+  tok_spec = lm_data.tokenizer_spec(config)
 
   # The frozen reference is the starting policy (the SFT params); it is re-read on resume.
   model_init.require_source(

@@ -133,7 +133,7 @@ def _tokenizer(config, workdir):
   the first time and reads it from <workdir>/tokenizer after."""
   n = train_tokenizer.parse_spec(config.data.tokenizer)
   if n is None:
-    return lm_data.load_tokenizer(config), (config.data.tokenizer or config.init.hf_checkpoint)
+    return lm_data.load_tokenizer(config), lm_data.tokenizer_spec(config)
   if config.data.source == "builtin":
     raise ConfigError("data.tokenizer='bpe:N' trains on comparison files; the built-in task "
                       "has its own tokenizer ('builtin')")

@@ -1,8 +1,12 @@
 """The sample stage: generate from any policy checkpoint (an SFT or RL workdir, or a Hugging
 Face checkpoint) with the compiled sampler, and write the samples as JSON lines.
 
-Prompts are `prompts` (texts separated by "|"), or the held-out prompts of `data` (the built-in
-task's, or a dataset's prompt field). Each record has the prompt, the response, its token count,
+Prompts are `prompts` (texts separated by "|"; the "|" inside special tokens such as
+`<|im_start|>` does not split), the lines of `prompts_file` (a .txt file, one per line, or .jsonl
+records with a "prompt" field), or the held-out prompts of `data` (the built-in task's, or a
+dataset's prompt field). A plain typed prompt is rendered with the tokenizer's chat template as
+one user turn (`tokenizer.prompt_ids`). The policy is `init.hf_checkpoint`, else
+`init.from_workdir` ("" = runs/ppo). Each record has the prompt, the response, its token count,
 whether it ended with EOS, the sum of its log-probs at the sampling temperature, the policy's
 workdir and checkpoint step, and on the built-in task its gold score. Output:
 `<workdir>/samples.jsonl`, and the first few on the console.
@@ -12,14 +16,41 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
 
 from rlhf_jax import checkpoint, parallel, sampling
 from rlhf_jax.data import lm_data
-from rlhf_jax.errors import ConfigError
+from rlhf_jax.data.tokenizer import prompt_ids
+from rlhf_jax.errors import ConfigError, DataError
 from rlhf_jax.train import model_init, rl_data
+
+
+DEFAULT_POLICY = "runs/ppo"
+# "|" separates prompts, except inside a special token such as <|im_start|>.
+_SEPARATOR = re.compile(r"(?<!<)\|(?!>)")
+
+
+def _prompt_texts(config) -> list[str]:
+  """The typed prompts: `prompts` split on "|", then the lines of `prompts_file`."""
+  texts = _SEPARATOR.split(config.prompts or "")
+  path = config.prompts_file
+  if path:
+    if not os.path.isfile(path):
+      raise DataError(f"prompts_file={path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+      lines = [ln.rstrip("\n") for ln in f]
+    if path.endswith(".jsonl"):
+      try:
+        texts += [str(json.loads(ln)["prompt"]) for ln in lines if ln.strip()]
+      except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"prompts_file={path!r}: each line must be a JSON object with a "
+                        f"'prompt' field ({e!r})") from None
+    else:
+      texts += [ln.replace("\\n", "\n") for ln in lines]
+  return [t for t in texts if t.strip()]
 
 
 def _origin(config) -> dict:
@@ -36,16 +67,17 @@ def _origin(config) -> dict:
 def run(config, workdir: str) -> dict:
   if config.stage != "sample":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'sample'")
-  model_init.require_source(
-      config, "sample: set init.from_workdir (an SFT or RL workdir) or init.hf_checkpoint")
+  if not config.init.hf_checkpoint and not config.init.from_workdir:
+    config.init.from_workdir = DEFAULT_POLICY
   s = config.sampling
   tokenizer = lm_data.load_tokenizer(config)
   model_cfg, params = model_init.build(config, tokenizer, heads="lm")
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = parallel.rules_from_config(config.sharding_rules)
   gold_fn = None
-  if config.prompts:
-    prompts = [tokenizer.encode(p.strip()) for p in config.prompts.split("|") if p.strip()]
+  texts = _prompt_texts(config)
+  if texts:
+    prompts = [prompt_ids(tokenizer, t) for t in texts]
   else:
     data = rl_data.build(config, tokenizer)
     prompts, gold_fn = data.eval_prompts, data.gold_fn
