@@ -45,7 +45,7 @@ def get_config(arg=None):
     c.dpo.beta = 0.1
     c.optim.learning_rate = 5e-5
     c.optim.warmup_steps = 5
-    c.train.update(steps=60, batch_size=4, log_every=10, eval_every=60, checkpoint_every=60,
+    c.train.update(steps=30, batch_size=4, log_every=10, eval_every=30, checkpoint_every=30,
                    eval_batches=8)
     c.workdir = "runs/dpo_smollm2"
   return c

@@ -123,8 +123,8 @@ def _smollm2(c) -> None:
   config_base.smollm2_prompts(c)
   # Real answers need room: 160 new tokens end most SmolLM2 replies with <|im_end|> (40, the
   # built-in task's, would make the missing-EOS score the reward of nearly every answer).
-  c.rl.update(iterations=8, rollout_batch=16, minibatches=2, epochs=2, max_new_tokens=160,
+  c.rl.update(iterations=4, rollout_batch=16, minibatches=2, epochs=2, max_new_tokens=160,
               kl_coef=0.05, adaptive_kl=False)
   c.optim.learning_rate = 1e-4
   c.critic_optim.learning_rate = 1e-4
-  c.train.update(log_every=1, eval_every=8, checkpoint_every=4, num_samples=2)
+  c.train.update(log_every=1, eval_every=4, checkpoint_every=2, num_samples=2)

@@ -96,8 +96,8 @@ def get_config(arg=None):
     c.data.max_records = 1200
     c.optim.learning_rate = 1e-4
     c.optim.warmup_steps = 5
-    c.train.update(batch_size=4, steps=80, log_every=10, eval_every=80, eval_batches=16,
-                   checkpoint_every=40)  # 4 pairs = 8 rows a step
+    c.train.update(batch_size=4, steps=40, log_every=10, eval_every=40, eval_batches=16,
+                   checkpoint_every=20)  # 4 pairs = 8 rows a step
   elif preset == "hh_scratch":
     # Defaults that learn content, not only length and surface words: summed token scores
     # (`model.score_pooling="sum"`: every response token adds its score, so a matched word

@@ -63,8 +63,8 @@ def get_config(arg=None):
     c.data.eval_fraction = 0.1
     c.optim.learning_rate = 2e-4
     c.optim.warmup_steps = 5
-    c.train.update(batch_size=4, steps=60, log_every=5, eval_every=30, eval_batches=2,
-                   checkpoint_every=30, num_samples=2, sample_tokens=160)
+    c.train.update(batch_size=4, steps=30, log_every=5, eval_every=15, eval_batches=2,
+                   checkpoint_every=15, num_samples=2, sample_tokens=160)
   elif preset in ("qwen05b", "llama1b"):
     c.model.preset = preset
     c.model.remat = "dots_no_batch"

@@ -113,6 +113,37 @@ def test_each_iteration_logs_the_sampler_vs_trainer_logprob_gap(full_run):
     assert 0 <= r["logprob_diff_mean"] <= r["logprob_diff_max"] <= 1e-5
 
 
+def test_evaluate_gives_the_rl_stages_own_held_out_figures(upstream, full_run):
+  """`python -m rlhf_jax.evaluate` samples and scores as the RL stage evaluates: the SFT
+  policy's RM score, gold score, length and EOS rate equal the stage's iteration-0 evaluation,
+  the trained policy's (read back from its workdir) equal its last one, and the reference's KL
+  is 0."""
+  from rlhf_jax import evaluate  # pylint: disable=g-import-not-at-top
+  workdir = full_run[0]
+  with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  report = evaluate.evaluate(_pipeline_config(upstream),
+                             {"sft": os.path.join(upstream, "sft"), "ppo": workdir},
+                             num_prompts=0, show=2)
+  res = report["results"]
+  assert res["sft"]["kl"] == 0.0 and len(res["ppo"]["answers"]) == 2
+  for name, stage_eval in (("sft", summary["sft"]), ("ppo", summary["final"])):
+    for key in ("rm_score", "gold", "kl", "length", "eos_rate"):
+      assert res[name][key] == pytest.approx(stage_eval[f"eval_{key}"], abs=1e-4), (name, key)
+  assert res["ppo"]["kl"] > 0
+  lines = evaluate.format_report(report, {})
+  assert any("RM score" in ln for ln in lines) and "--- held-out prompt 1" in "\n".join(lines)
+
+
+def test_evaluate_refuses_bad_policy_lists(tmp_path):
+  from rlhf_jax import evaluate  # pylint: disable=g-import-not-at-top
+  for bad in ("", "sft", "a=x,a=y"):
+    with pytest.raises(ConfigError):
+      evaluate.parse_policies(bad)
+  assert evaluate.main([f"--config={REPO}/configs/ppo.py",
+                        f"--policies=x={tmp_path}"]) == 2  # neither a workdir nor a checkpoint
+
+
 def test_first_minibatch_ratio_is_exactly_one(full_run):
   rows = [r for r in _log(full_run[0]) if "first_ratio_max" in r]
   assert len(rows) == 4

@@ -1,9 +1,11 @@
-"""Policies side by side on the built-in task's held-out RL prompts: gold score, KL to the first
-one (the reference), length and EOS rate, sampled and scored exactly as the RL stage evaluates.
+"""Policies side by side on held-out prompts: KL to the first one (the reference), length and
+EOS rate, the gold score on the built-in task and the reward model's score where one is given,
+sampled and scored exactly as the RL stage evaluates.
 
 Used by the stages that end with a policy but have no rollouts of their own: DPO, and SFT when
 its config has an `eval_policy` section (rejection-sampling fine-tuning). Results go to
-`eval_policy.json` in the stage's workdir, which `python -m rlhf_jax.compare` reads.
+`eval_policy.json` in the stage's workdir, which `python -m rlhf_jax.compare` reads. The
+`python -m rlhf_jax.evaluate` command puts any workdirs' policies side by side with it.
 Not for: the RL stage's own per-iteration evaluation (`train/rl_stage.py`).
 """
 
@@ -18,66 +20,102 @@ import numpy as np
 
 from rlhf_jax import parallel, sampling
 from rlhf_jax.data import builtin_task
-from rlhf_jax.rl.rollout import response_outputs
+from rlhf_jax.rl.rollout import response_outputs, sequence_scores
 from rlhf_jax.train import rl_data
 
 POLICY_EVAL_FILE = "eval_policy.json"
 
 
-def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict) -> dict:
-  """{name: {"gold", "gold_std", "kl", "length", "eos_rate", "prompts"}} of each policy on the
-  built-in task's held-out RL prompts; the KL is to the first policy (the reference), summed k1
-  over the response at the sampling temperature, as the RL stage reports it."""
+def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict, *,
+                      prompts=None, gold_fn=None, reward=None, keep: int = 0) -> dict:
+  """{name: {"kl", "length", "eos_rate", "prompts", ...}} of each policy on held-out prompts,
+  sampled with `config.eval_policy`'s settings and the RL stage's evaluation keys, so a policy
+  gets the answers the RL stage's held-out evaluation would give it. The KL is to the first
+  policy (the reference): summed k1 over the response at the sampling temperature, as the RL
+  stage reports it.
+
+  prompts: token-id lists; by default the built-in task's held-out RL prompts with its gold
+  score. gold_fn(prompt_BxP, response_BxN) -> [B] adds "gold" and "gold_std". reward:
+  (reward_models, rule) adds "rm_score" and "rm_score_std", the combined normalised score the
+  RL stage reports. keep: the first `keep` responses of each policy come back as text under
+  "answers"."""
   e = config.eval_policy
-  prompts = rl_data.builtin_prompts(e.prompts, "eval", config.seed)
+  if prompts is None:
+    prompts = rl_data.builtin_prompts(e.prompts, "eval", config.seed)
+    gold_fn = builtin_task.gold_scores
+  eval_key = jax.random.PRNGKey(config.seed + 2024)  # the RL stage's
   ref = next(iter(policies.values()))
   scfg = sampling.SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature)
+  logps = jax.jit(lambda params, tokens, mask, width: response_outputs(
+      model_cfg, params, tokens, mask, width, e.temperature)["logprobs"], static_argnums=3)
+  rm_score = None
+  if reward is not None:
+    models, rule = reward
+    rm_params = [m.params for m in models]
+    score = jax.jit(lambda ps, t, m: sequence_scores(models, rule, ps, t, m)[0])
+    rm_score = lambda t, m: parallel.to_host(score(rm_params, t, m))  # noqa: E731
+  pad = tokenizer.pad_id
 
-  def logps(params, tokens, mask, width):
-    return response_outputs(model_cfg, params, tokens, mask, width, e.temperature)["logprobs"]
+  def columns(params, start):
+    """One batch of one policy: {column: [n]} and the response token lists of its n prompts."""
+    part = prompts[start:start + e.batch_size]
+    padded = part + [part[-1]] * (e.batch_size - len(part))
+    tok, mask = sampling.left_pad(padded, pad, e.max_prompt_len)
+    dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
+    gen = sampling.generate(params, dev["t"], dev["m"], jax.random.fold_in(eval_key, start),
+                            model_cfg=model_cfg, cfg=scfg, eos_id=tokenizer.eos_id, pad_id=pad)
+    full_t = jnp.concatenate([dev["t"], gen["tokens"]], axis=1)
+    full_m = jnp.concatenate([dev["m"], gen["mask"]], axis=1)
+    rp = parallel.to_host(logps(ref, full_t, full_m, tok.shape[1]))
+    lp = rp if params is ref else parallel.to_host(logps(params, full_t, full_m, tok.shape[1]))
+    resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
+    col = {"kl": np.where(rmask, lp - rp, 0.0).sum(axis=1), "length": rmask.sum(axis=1),
+           "eos": np.any(rmask & (resp == tokenizer.eos_id), axis=1)}
+    if gold_fn is not None:
+      col["gold"] = np.asarray(gold_fn(np.where(mask, tok, pad), np.where(rmask, resp, pad)))
+    if rm_score is not None:
+      col["rm_score"] = rm_score(full_t, full_m)
+    n = len(part)
+    return {k: v[:n] for k, v in col.items()}, [list(r[m]) for r, m in zip(resp[:n], rmask[:n])]
 
-  logps_jit = jax.jit(logps, static_argnums=3)
   out = {}
   with jax.set_mesh(mesh):
     for name, params in policies.items():
-      gold, kl, length, eos = [], [], [], []
-      for s in range(0, len(prompts), e.batch_size):
-        part = prompts[s:s + e.batch_size]
-        padded = part + [part[-1]] * (e.batch_size - len(part))
-        tok, mask = sampling.left_pad(padded, tokenizer.pad_id, e.max_prompt_len)
-        dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
-        gen = sampling.generate(params, dev["t"], dev["m"],
-                                jax.random.PRNGKey(config.seed + 2024 + s), model_cfg=model_cfg,
-                                cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        full_t = jnp.concatenate([dev["t"], gen["tokens"]], axis=1)
-        full_m = jnp.concatenate([dev["m"], gen["mask"]], axis=1)
-        rp = parallel.to_host(logps_jit(ref, full_t, full_m, tok.shape[1]))
-        lp = rp if params is ref else parallel.to_host(
-            logps_jit(params, full_t, full_m, tok.shape[1]))
-        resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
-        n = len(part)
-        g = builtin_task.gold_scores(np.where(mask, tok, tokenizer.pad_id),
-                                     np.where(rmask, resp, tokenizer.pad_id))
-        gold.append(np.asarray(g)[:n])
-        kl.append(np.where(rmask, lp - rp, 0.0).sum(axis=1)[:n])
-        length.append(rmask.sum(axis=1)[:n])
-        eos.append(np.any(rmask & (resp == tokenizer.eos_id), axis=1)[:n])
-      g = np.concatenate(gold)
-      out[name] = {"gold": float(g.mean()), "gold_std": float(g.std()),
-                   "kl": float(np.concatenate(kl).mean()),
-                   "length": float(np.concatenate(length).mean()),
-                   "eos_rate": float(np.concatenate(eos).mean()), "prompts": len(g)}
+      cols, responses = [], []
+      for start in range(0, len(prompts), e.batch_size):
+        col, resp = columns(params, start)
+        cols.append(col)
+        responses += resp[:max(keep - len(responses), 0)]
+      answers = [tokenizer.decode([int(t) for t in r]) for r in responses]
+      out[name] = _summarise({k: np.concatenate([c[k] for c in cols]) for k in cols[0]}, answers)
   return out
+
+
+def _summarise(cols: dict, answers: list) -> dict:
+  res = {"kl": float(cols["kl"].mean()), "length": float(cols["length"].mean()),
+         "eos_rate": float(cols["eos"].mean()), "prompts": len(cols["kl"])}
+  for key in ("gold", "rm_score"):
+    if key in cols:
+      res[key], res[f"{key}_std"] = float(cols[key].mean()), float(cols[key].std())
+  if answers:
+    res["answers"] = answers
+  return res
+
+
+_ROWS = (("gold score (mean)", "gold"), ("gold score (std)", "gold_std"),
+         ("RM score, normalised (mean)", "rm_score"), ("RM score, normalised (std)", "rm_score_std"),
+         ("KL to the reference (nats)", "kl"), ("response length", "length"),
+         ("EOS rate", "eos_rate"))
 
 
 def format_policy_table(res: dict, stage: str) -> list[str]:
   names = list(res)
-  lines = [f"[{stage}] held-out prompts ({res[names[0]]['prompts']}):",
+  first = res[names[0]]
+  lines = [f"[{stage}] held-out prompts ({first['prompts']}):",
            f"  {'':<30}" + "".join(f"{n:>20}" for n in names)]
-  for label, key in (("gold score (mean)", "gold"), ("gold score (std)", "gold_std"),
-                     ("KL to the reference (nats)", "kl"), ("response length", "length"),
-                     ("EOS rate", "eos_rate")):
-    lines.append(f"  {label:<30}" + "".join(f"{res[n][key]:>20.3f}" for n in names))
+  for label, key in _ROWS:
+    if key in first:
+      lines.append(f"  {label:<30}" + "".join(f"{res[n][key]:>20.3f}" for n in names))
   return lines
 
 
