@@ -1,9 +1,14 @@
-"""The attention kernels agree: jax.nn.dot_product_attention ("xla") against the written-out einsum,
-at both model families (Llama-style RoPE with grouped-query heads, GPT-2-style), with left
-padding (query rows with no valid key), through the KV cache (a fused prefill, a fused second
-chunk, then einsum decode steps = one full forward), in bf16, and in the kernels' gradients. Plus the switch
-itself: validation, "auto" off a GPU, "cudnn" refused off a GPU, and the field surviving HF and
-workdir loading as a runtime override."""
+"""The attention kernels agree: jax.nn.dot_product_attention ("xla") against the written-out
+einsum, at both model families (Llama-style RoPE with grouped-query heads, GPT-2-style), with
+left padding (query rows with no valid key), through the KV cache (a fused prefill, a fused
+second chunk, then einsum decode steps = one full forward), in bf16, and in the kernels'
+gradients. Plus the switch itself: validation, "auto" off a GPU, "cudnn" refused off a GPU, and
+the field surviving HF and workdir loading as a runtime override.
+
+Measured on CPU (jax 0.10.2): the two kernels give bitwise-equal logits and gradients in fp32
+and in bf16 (XLA compiles them to the same arithmetic); bf16 against the fp32 einsum differs
+by 8.6e-3 (Llama-style) and 7.2e-3 (GPT-2-style) at logits of order 1. Bounds: 1e-5 (fp32),
+2e-2 (bf16, both comparisons), for kernels that round differently (cuDNN's on a GPU)."""
 
 import dataclasses
 import json
