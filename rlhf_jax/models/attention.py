@@ -3,6 +3,8 @@
   "einsum"  two einsums and a float32 softmax written out here (the decode step always runs it)
   "xla"     `jax.nn.dot_product_attention(implementation="xla")`
   "cudnn"   its cuDNN flash-attention path: a GPU, bf16/fp16 compute, head_dim a multiple of 8
+            and at most 128, even lengths (the mask reaches cuDNN as a [B, 1, T, S] bias);
+            written against jax 0.10's API but not yet run on a GPU (no GPU at hand so far)
   "auto"    cudnn on a GPU where the dtype and shapes allow it, else "xla" (the default: on a
             CPU "xla" and "einsum" time alike, the XLA kernel a few percent ahead; see issue 18)
 
