@@ -22,8 +22,12 @@ def model_section(preset: str = "tiny") -> mc.ConfigDict:
   """`preset` names a shape in rlhf_jax.models.config.PRESETS; any other field overrides it.
 
   When `init.hf_checkpoint` or `init.from_workdir` is set, the source decides the shape; only
-  the runtime fields (dtype, param_dtype, remat, scan_layers, score_pooling) and the LoRA
-  fields (lora_rank, lora_alpha, lora_targets) apply.
+  the runtime fields (dtype, param_dtype, remat, scan_layers, attention, score_pooling) and the
+  LoRA fields (lora_rank, lora_alpha, lora_targets) apply.
+
+  `attention` is the compute switch of the attention kernel: "auto" (the default: cuDNN flash
+  attention on a GPU where dtype and shapes allow, "xla" elsewhere), "einsum", "xla"
+  (jax.nn.dot_product_attention) or "cudnn" (refused off a GPU); see rlhf_jax.models.attention.
   """
   fields = {
       "preset": preset,  # a PRESETS name: tiny, small, gpt2, qwen05b, llama1b

@@ -1,4 +1,5 @@
-"""Token-level losses shared by the language-model stages (pretrain, SFT, PPO-ptx).
+"""Token-level losses shared by the language-model stages (pretrain, SFT, PPO-ptx), and the
+log-probability of chosen tokens that DPO and RL scoring read, without a [B, T, V] log-softmax.
 
 Pure functions of arrays; each has a NumPy reference test. Not for: RL objectives (the RL issue
 adds its own module) or reward-model losses.
@@ -10,10 +11,29 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.jit
+def token_logprobs(logits_BxTxV, tokens_BxT):
+  """log_softmax(logits)[b, t, tokens[b, t]]: [B, T] float32, without the [B, T, V] array.
+
+  The arithmetic of `jax.nn.log_softmax` (logit minus the max, minus the log of the summed
+  exponentials), bit for bit, applied to the one logit read. Jitted, so that an eager call
+  reduces as a compiled one does (and the values match the full log-softmax there too).
+  """
+  logits = logits_BxTxV.astype(jnp.float32)
+  top_BxTx1 = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  picked_BxTx1 = jnp.take_along_axis(logits, tokens_BxT[..., None], axis=-1) - top_BxTx1
+  log_norm_BxTx1 = jnp.log(jnp.sum(jnp.exp(logits - top_BxTx1), axis=-1, keepdims=True))
+  return (picked_BxTx1 - log_norm_BxTx1)[..., 0]
+
+
 def next_token_logprobs(logits_BxTxV, tokens_BxT):
-  """log p(tokens[t+1] | tokens[:t+1]) for t < T-1: [B, T-1] float32."""
-  logp = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+  """log p(tokens[t+1] | tokens[:t+1]) for t < T-1: [B, T-1] float32.
+
+  Every position is scored against the next token (the last against an arbitrary id) and the
+  last column dropped from the [B, T] result: no shifted [B, T-1, V] copy of the logits.
+  """
+  targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
+  return token_logprobs(logits_BxTxV, targets_BxT)[:, :-1]
 
 
 def masked_nll(logits_BxTxV, tokens_BxT, loss_mask_BxT):

@@ -10,8 +10,9 @@ batch, K, the seed, the optimizer, the algorithm: everything not listed below) s
 way is saved only once the stage has run with it (`stages.run`), so a resume that then fails
 (say, on the checkpoint's shapes) leaves the old one to compare against. Differences that do not
 change what is computed are allowed and said: logging, evaluation and checkpoint cadence, where
-to stop, the mesh and sharding rules (a checkpoint restores onto any mesh), remat, the upstream
-stages' own sections (each is checked in its own workdir), and a step count that grows.
+to stop, the mesh and sharding rules (a checkpoint restores onto any mesh), remat, the attention
+kernel (the same arithmetic up to rounding, and absent from configs saved before it existed),
+the upstream stages' own sections (each is checked in its own workdir), and a step count that grows.
 Not for: the reward stage's built-in comparison files, which carry their own settings
 (`rm_data`).
 """
@@ -35,7 +36,7 @@ HARMLESS = (
     "train.checkpoint_every", "train.keep_checkpoints", "train.stop_at", "train.num_samples",
     "train.sample_tokens", "train.sample_temperature", "train.peak_tflops",
     "train.on_nonfinite", "train.max_nonfinite_skips", "mesh.*", "sharding_rules",
-    "model.remat", "pipeline.*", "eval_policy.*",
+    "model.remat", "model.attention", "pipeline.*", "eval_policy.*",
 )
 # Fields that may grow (a run extended), not shrink.
 EXTENDABLE = ("train.steps", "rl.iterations")

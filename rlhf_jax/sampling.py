@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.errors import ConfigError, ShapeError
-from rlhf_jax.models import Decoder, KVCache, ModelConfig
+from rlhf_jax.models import Decoder, KVCache, ModelConfig, lm_logits
 from rlhf_jax.models.param_kinds import is_weight_matrix, leaf_name
 
 
@@ -103,8 +103,11 @@ def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
   prompt_len = jnp.sum(prompt_mask, axis=1)
   cache = KVCache.init(model_cfg, b, p + n)
-  out, cache = model.apply({"params": params}, prompt_BxP, prompt_mask, positions, cache)
-  logits = out["logits"][:, -1]
+  out, cache = model.apply({"params": params}, prompt_BxP, prompt_mask, positions, cache,
+                           outputs=("hidden",))
+  # The LM head on the last column only: [B, P, V] float32 logits would be the largest array
+  # of the program (19 GB at V = 152K, B = 64, P = 512) for one column read.
+  logits = lm_logits(model_cfg, params, out["hidden"][:, -1:])[:, 0]
 
   def cond(carry):
     i, _, _, _, done, *_ = carry

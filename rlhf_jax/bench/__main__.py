@@ -48,6 +48,8 @@ def parse(argv):
   p.add_argument("--generations", type=int, default=8, help="rl peer: GRPO group size")
   p.add_argument("--remat", default="dots_no_batch", help="ours: none, full, dots, "
                  "dots_no_batch")
+  p.add_argument("--attention", default="", help="ours: the attention kernel (auto, einsum, "
+                 "xla, cudnn); default: the model's own (auto)")
   p.add_argument("--lora_rank", type=int, default=0,
                  help="rl, ours: LoRA adapters of this rank on policy and critic (0 = off)")
   p.add_argument("--repeats", type=int, default=3)
@@ -106,21 +108,22 @@ def measure(args) -> list[dict]:
   for b in args.batch:
     if args.what == "generate":
       if args.impl == "ours":
-        out.append(ours.bench_generate(args.shape, b, args.prompt, args.new, args.repeats, gbs))
+        out.append(ours.bench_generate(args.shape, b, args.prompt, args.new, args.repeats, gbs,
+                                       args.attention))
       else:
         out.append(peers.hf_generate(args.shape, b, args.prompt, args.new, args.repeats))
     elif args.what == "train":
       for loss in args.losses:
         if args.impl == "ours":
           out.append(ours.bench_train(args.shape, loss, b, args.seq, args.repeats, args.remat,
-                                      peak))
+                                      peak, args.attention))
         else:
           out.append(peers.hf_train(args.shape, loss, b, args.seq, args.repeats, peak))
     elif args.what == "rl":
       if args.impl == "ours":
         out.append(ours.bench_rl_iteration(args.shape, b, args.prompt, args.new, args.epochs,
                                            args.minibatches, args.repeats, args.remat,
-                                           args.lora_rank))
+                                           args.lora_rank, args.attention))
       else:
         out.append(peers.trl_grpo(args.shape, b, args.prompt, args.new, args.generations,
                                   args.repeats))

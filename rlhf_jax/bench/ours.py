@@ -32,8 +32,9 @@ from rlhf_jax.models import PRESETS, ModelConfig
 _VERSIONS = ("jax", "jaxlib", "flax", "optax")
 
 
-def model_config(shape: str, seq_len: int, dtype: str = "", remat: str = "") -> ModelConfig:
-  """The `shape` preset with max_seq_len = seq_len (and dtype / remat when given)."""
+def model_config(shape: str, seq_len: int, dtype: str = "", remat: str = "",
+                 attention: str = "") -> ModelConfig:
+  """The `shape` preset with max_seq_len = seq_len (and dtype / remat / attention when given)."""
   if shape not in PRESETS:
     raise SystemExit(f"--shape={shape!r}: unknown; choose one of {sorted(PRESETS)}")
   kw = {"max_seq_len": seq_len}
@@ -41,6 +42,8 @@ def model_config(shape: str, seq_len: int, dtype: str = "", remat: str = "") -> 
     kw["dtype"] = dtype
   if remat:
     kw["remat"] = remat
+  if attention:
+    kw["attention"] = attention
   return dataclasses.replace(PRESETS[shape], **kw)
 
 
@@ -65,9 +68,9 @@ def _frozen_params(cfg: ModelConfig, mesh, rules, seed: int, heads: str = "lm"):
 
 
 def bench_generate(shape: str, batch: int, prompt: int, new: int, repeats: int,
-                   gb_per_s: float | None = None) -> dict:
+                   gb_per_s: float | None = None, attention: str = "") -> dict:
   from rlhf_jax.sampling import SamplingConfig, generate  # pylint: disable=g-import-not-at-top
-  cfg = model_config(shape, prompt + new)
+  cfg = model_config(shape, prompt + new, attention=attention)
   mesh, rules = _mesh_rules()
   params = _frozen_params(cfg, mesh, rules, 0)
   toks = parallel.put_batch({"t": _random_tokens(cfg, (batch, prompt))}, mesh, rules)["t"]
@@ -95,15 +98,16 @@ def bench_generate(shape: str, batch: int, prompt: int, new: int, repeats: int,
                    decode_steps_per_s_bound=bound / batch)
   setting = {"shape": shape, "batch": batch, "prompt": prompt, "new": new,
              "params_M": round(cfg.num_params() / 1e6, 1), "compute": cfg.dtype,
-             "weights": cfg.param_dtype, "sampling": "temperature 1, full vocabulary"}
+             "weights": cfg.param_dtype, "sampling": "temperature 1, full vocabulary",
+             "attention": cfg.attention}
   return record("generate", "rlhf_jax", jax_device(), setting, figures, versions(*_VERSIONS))
 
 
 def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat: str,
-                peak_tflops: float | None = None) -> dict:
+                peak_tflops: float | None = None, attention: str = "") -> dict:
   """One optimizer step (AdamW) of the SFT ("sft") or reward-model ("rm") loss."""
   from rlhf_jax.train.state import OptimConfig, create_state  # pylint: disable=g-import-not-at-top
-  cfg = model_config(shape, seq, remat=remat)
+  cfg = model_config(shape, seq, remat=remat, attention=attention)
   mesh, rules = _mesh_rules()
   tx = OptimConfig(learning_rate=1e-5, warmup_steps=0).make()
   if loss == "sft":
@@ -141,13 +145,15 @@ def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat
     figures["mfu"] = flops / 1e12 / peak_tflops
   setting = {"shape": shape, "loss": loss, "batch": batch, "seq": seq,
              "params_M": round(cfg.num_params() / 1e6, 1), "compute": cfg.dtype,
-             "weights": cfg.param_dtype, "remat": cfg.remat, "optimizer": "AdamW",
+             "weights": cfg.param_dtype, "remat": cfg.remat, "attention": cfg.attention,
+             "optimizer": "AdamW",
              "flops_per_token": cfg.flops_per_token(seq, lm_head=lm_head)}
   return record("train", "rlhf_jax", jax_device(), setting, figures, versions(*_VERSIONS))
 
 
 def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: int,
-                       minibatches: int, repeats: int, remat: str, lora_rank: int = 0) -> dict:
+                       minibatches: int, repeats: int, remat: str, lora_rank: int = 0,
+                       attention: str = "") -> dict:
   """One PPO iteration: generate, score (old / reference log-probs, values, RM, GAE), update.
 
   With `lora_rank` > 0 the policy and critic train LoRA adapters on every projection and the
@@ -159,7 +165,8 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   from rlhf_jax.rl.compiled import compile_rl  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl.config import RLConfig  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train.state import OptimConfig, TrainState, create_state  # pylint: disable=g-import-not-at-top
-  cfg = model_config(shape, prompt + new, remat=remat).replace(lora_rank=lora_rank)
+  cfg = model_config(shape, prompt + new, remat=remat,
+                     attention=attention).replace(lora_rank=lora_rank)
   mesh, rules = _mesh_rules()
   rl = RLConfig(rollout_batch=batch, max_new_tokens=new, epochs=epochs, minibatches=minibatches)
   tx = OptimConfig(learning_rate=1e-6, warmup_steps=0).make(lora.trainable if lora_rank else None)
@@ -207,6 +214,7 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   setting = {"shape": shape, "algorithm": "ppo", "batch": batch, "prompt": prompt, "new": new,
              "sampled_tokens": batch * new, "sampled_tokens_measured": min(sampled),
              "epochs": epochs, "minibatches": minibatches, "remat": cfg.remat,
+             "attention": cfg.attention,
              "params_M": round(cfg.num_params() / 1e6, 1),
              "models": ("policy + critic + reference + reward model, same shape" if not lora_rank
                         else "LoRA policy and critic, reference = policy base, reward model")}

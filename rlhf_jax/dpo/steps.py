@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax import losses
 from rlhf_jax.dpo.losses import LOSSES, preference_loss
 from rlhf_jax.errors import ConfigError, reject_unknown_fields
 from rlhf_jax.models import ModelConfig, forward, lora
@@ -49,8 +50,7 @@ def sequence_logps(params, model_cfg: ModelConfig, tokens_BxKxT, mask_BxKxT, res
   b, k, t = tokens_BxKxT.shape
   tokens = tokens_BxKxT.reshape(b * k, t)
   logits = forward(model_cfg, params, tokens, mask_BxKxT.reshape(b * k, t))["logits"]
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  tok_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  tok_logp = losses.next_token_logprobs(logits, tokens)  # no shifted or log-softmax copy
   resp = resp_BxKxT.reshape(b * k, t)[:, 1:]
   return jnp.sum(jnp.where(resp, tok_logp, 0.0), axis=-1).reshape(b, k)
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from rlhf_jax.errors import ConfigError, reject_unknown_fields
+from rlhf_jax.models import attention
 
 _NORMS = ("rms", "layer")
 _POSITIONS = ("rope", "learned")
@@ -54,6 +55,11 @@ class ModelConfig:
   param_dtype: str = "float32"  # storage dtype of parameters (master weights)
   remat: str = "none"  # activation recomputation: none, full, dots, dots_no_batch
   scan_layers: bool = True  # layers as one lax.scan (fast compiles) or unrolled
+  # The attention kernel of training, scoring and prefill (`rlhf_jax.models.attention`):
+  # "einsum" (written out), "xla" (jax.nn.dot_product_attention), "cudnn" (its flash-attention
+  # path: GPU, bf16/fp16) or "auto" (cudnn on a GPU where it can run, else xla). Compute only:
+  # every choice reads the same weights; the decode step always runs the einsum.
+  attention: str = "auto"
   # How a score head (reward model) turns per-token scores [B, T] into one number per row:
   # "last" (the last real token: InstructGPT), "mean" or "sum" over the row's real tokens ("sum"
   # divided by max_seq_len, a constant that keeps rewards of order one). With "sum" the reward is
@@ -87,6 +93,11 @@ class ModelConfig:
     need(self.mlp in _MLPS, "mlp", f"must be one of {_MLPS}")
     need(self.remat in _REMAT, "remat", f"must be one of {_REMAT}")
     need(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}")
+    need(self.attention in attention.IMPLEMENTATIONS, "attention",
+         f"must be one of {attention.IMPLEMENTATIONS}")
+    if self.attention == "cudnn":
+      why = attention.cudnn_refusal(self.dtype, self.dim_per_head)
+      need(why is None, "attention", f"cuDNN flash attention {why} (or use 'xla' or 'auto')")
     need(self.param_dtype in _DTYPES, "param_dtype", f"must be one of {_DTYPES}")
     need(self.score_pooling in _POOLINGS, "score_pooling", f"must be one of {_POOLINGS}")
     need(self.norm_eps > 0, "norm_eps", "must be positive")

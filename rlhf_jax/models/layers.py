@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models.attention import attend
 from rlhf_jax.models.config import ModelConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -110,8 +111,9 @@ def apply_rope(x_BxTxNxH, positions_BxT, inv_freq):
 class Attention(nn.Module):
   """Grouped-query self-attention over a key/value sequence that may be a KV cache.
 
-  The caller gives the keys' validity and the query/key slot numbers, so one code path serves the
-  full forward (keys = this call's tokens) and cached decoding (keys = the cache's slots).
+  The caller gives the mask [B, T, S] (causal, padding and cache slots in one), so one code path
+  serves the full forward (keys = this call's tokens) and cached decoding (keys = the cache's
+  slots); `model.attention` picks the kernel (`rlhf_jax.models.attention`).
   """
 
   config: ModelConfig
@@ -151,14 +153,9 @@ class Attention(nn.Module):
     else:
       new_cache = None
 
-    b, t = q.shape[:2]
-    q = q.reshape(b, t, k, h // k, dh)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, key.astype(cd),
-                        preferred_element_type=jnp.float32) / math.sqrt(dh)
-    # A finite floor keeps rows with no valid key (left padding) from turning into NaN.
-    scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cd)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, val.astype(cd)).reshape(b, t, h, dh)
+    # One query against the cache is the decode step: it keeps the einsum kernel.
+    out = attend(cfg.attention, q, key.astype(cd), val.astype(cd), mask_BxTxS,
+                 decode=kv_cache is not None and q.shape[1] == 1, causal=kv_cache is None)
 
     wo = weight(self, cfg, "o_kernel", _INIT, (h, dh, d), ("q_heads", "head_dim", "embed"))
     y = jnp.einsum("btnh,nhd->btd", out, wo.astype(cd))

@@ -36,6 +36,10 @@ def model_of(config, heads: str = "lm", **replace) -> ModelConfig:
     cfg = model_init.build(config, lm_data.load_tokenizer(config), heads, load_params=False)[0]
   else:
     cfg = ModelConfig.from_dict({k: v for k, v in dict(config.model).items() if v is not None})
+  if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
+    # cuDNN's kernel compiles only on a GPU; XLA's holds the [B, N, T, S] scores cuDNN never
+    # writes, so the plan errs on the safe side.
+    replace = {"attention": "xla", **replace}
   return cfg.replace(**replace) if replace else cfg
 
 
