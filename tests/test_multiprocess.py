@@ -96,6 +96,7 @@ PPO_KEYS = ("policy_loss", "value_loss", "rm_score", "kl", "beta", "approx_kl", 
             "eval_kl", "eval_gold")
 
 
+@pytest.mark.slow  # ~2 min loaded; the SFT and SIGTERM cases below keep two processes in the default
 def test_ppo_two_processes_equal_one(tmp_path):
   root = str(tmp_path)
   args = _pipeline_args(root)
