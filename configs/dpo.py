@@ -42,6 +42,7 @@ def get_config(arg=None):
                  eval_batches=0, num_samples=0)
   c.workdir = "runs/dpo"
   if preset == "smollm2":  # the pipeline's SFT policy (LoRA) on 240 hh-rlhf pairs, CPU-sized
+    del c.pipeline["reward"]  # DPO needs the SFT policy only: it learns from the pairs directly
     c.dpo.beta = 0.1
     c.optim.learning_rate = 5e-5
     c.optim.warmup_steps = 5
