@@ -119,7 +119,7 @@ def evaluate(config, policies: dict, num_prompts: int, show: int) -> dict:
                                       prompts=prompts, gold_fn=data.gold_fn,
                                       reward=(models, rule), keep=show)
   return {"results": res, "prompts": [tokenizer.decode(p) for p in prompts[:show]],
-          "policies": policies, "summary": data.summary}
+          "num_prompts": len(prompts), "policies": policies, "summary": data.summary}
 
 
 def format_report(report: dict, extra_rows: dict) -> list[str]:
@@ -160,8 +160,7 @@ def main(argv=None) -> int:
         overrides[k.strip()] = v
     config = config_base.apply_overrides(config, overrides)
     report = evaluate(config, parse_policies(args.policies), args.prompts, args.show)
-    extra = (best_of_n_rows(args.best_of_n, report["results"][next(iter(report["results"]))][
-        "prompts"]) if args.best_of_n else {})
+    extra = best_of_n_rows(args.best_of_n, report["num_prompts"]) if args.best_of_n else {}
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

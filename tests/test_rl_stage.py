@@ -135,6 +135,19 @@ def test_evaluate_gives_the_rl_stages_own_held_out_figures(upstream, full_run):
   assert any("RM score" in ln for ln in lines) and "--- held-out prompt 1" in "\n".join(lines)
 
 
+def test_evaluate_reads_best_of_n_rows_on_the_same_prompts(tmp_path):
+  from rlhf_jax import evaluate  # pylint: disable=g-import-not-at-top
+  res = {"1": {"rm_score": 0.1, "kl_estimate": 0.0, "kl_upper_bound": 0.0, "prompts": 32},
+         "4": {"rm_score": 0.7, "kl_estimate": 0.4, "kl_upper_bound": 0.636, "prompts": 32}}
+  with open(tmp_path / "best_of_n.json", "w", encoding="utf-8") as f:
+    json.dump(res, f)
+  rows = evaluate.best_of_n_rows(str(tmp_path), 32)
+  assert rows == {"best-of-4": {"rm_score": 0.7, "kl": 0.4, "kl_upper_bound": 0.636,
+                                "prompts": 32}}
+  with pytest.raises(ConfigError, match="scored 32 prompts, this evaluation 16"):
+    evaluate.best_of_n_rows(str(tmp_path), 16)
+
+
 def test_evaluate_refuses_bad_policy_lists(tmp_path):
   from rlhf_jax import evaluate  # pylint: disable=g-import-not-at-top
   for bad in ("", "sft", "a=x,a=y"):
