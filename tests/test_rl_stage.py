@@ -26,7 +26,7 @@ from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.rollout import logprob_gap, response_outputs, score_rollout
 from rlhf_jax.train import pipeline, rl_data
-from rlhf_jax.train.state import OptimConfig, TrainState, create_state, param_shardings
+from rlhf_jax.train_state import OptimConfig, TrainState, create_state, param_shardings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))

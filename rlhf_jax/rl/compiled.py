@@ -26,8 +26,8 @@ from rlhf_jax.models import lora
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.rollout import score_rollout
-from rlhf_jax.train.jit_steps import in_mesh, with_rules
-from rlhf_jax.train.state import param_shardings
+from rlhf_jax.jit_steps import in_mesh, with_rules
+from rlhf_jax.workdir_model import param_shardings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,15 +21,15 @@ import os
 import jax
 import numpy as np
 
-from rlhf_jax import metrics, parallel
+from rlhf_jax import jit_steps, metrics, parallel
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import lm_data
 from rlhf_jax.dpo import steps as dpo_steps
 from rlhf_jax.errors import ConfigError
-from rlhf_jax.train import jit_steps, model_init, pipeline, rm_data
+from rlhf_jax.train import model_init, pipeline, rm_data
 from rlhf_jax.train import policy_eval as policy_eval_lib
 from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, stage_setup, train_loop
-from rlhf_jax.train.state import param_shardings
+from rlhf_jax.train_state import param_shardings
 
 
 def run(config, workdir: str) -> dict:

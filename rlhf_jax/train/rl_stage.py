@@ -41,7 +41,7 @@ from rlhf_jax.rl.losses import explained_variance
 from rlhf_jax.rl.compiled import compile_rl
 from rlhf_jax.train import model_init, pipeline, rl_data, rl_state
 from rlhf_jax.train.loop import check_train_section, lora_summary, make_optimizer
-from rlhf_jax.train.state import TrainState, param_shardings
+from rlhf_jax.train_state import TrainState, param_shardings
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "rl_curves.png"
