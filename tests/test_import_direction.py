@@ -12,7 +12,8 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # What sits below the stages: packages (every module under them) and single modules.
 LOWER = ("models", "data", "rl", "reward", "dpo", "sampling.py", "jit_steps.py",
-         "train_state.py", "parallel.py", "checkpoint.py", "workdir_model.py")
+         "train_state.py", "workdir_model.py", "checkpoint.py", "nonfinite.py", "losses.py",
+         "metrics.py", "parallel.py", "distributed.py", "errors.py")
 # What sits above them: the stages and the entry points.
 UPPER = ("rlhf_jax.train", "rlhf_jax.stages", "rlhf_jax.main", "rlhf_jax.compare",
          "rlhf_jax.evaluate", "rlhf_jax.bench", "rlhf_jax.plan", "rlhf_jax.export")
