@@ -64,7 +64,7 @@ def load_policy(path: str, config, tokenizer_spec: str):
     model_cfg, params = hf.load_checkpoint(path, **runtime)
     mesh = parallel.make_mesh(dict(config.mesh))
     rules = parallel.rules_from_config(config.sharding_rules)
-    from rlhf_jax.train.state import param_shardings  # pylint: disable=g-import-not-at-top
+    from rlhf_jax.train_state import param_shardings  # pylint: disable=g-import-not-at-top
     return model_cfg, jax.device_put(params, param_shardings(model_cfg, mesh, rules, "lm")[1])
   raise ConfigError(f"--policies: {path} is neither a stage's workdir (model.json) nor a "
                     "Hugging Face checkpoint (config.json)")

@@ -5,6 +5,9 @@ same cache slot; RoPE positions count only real tokens, so padding never shifts 
 stops when every row has emitted EOS or `max_new_tokens` is reached; there is no host round trip
 per token. Returned log-probs are those of the sampled tokens under the temperature-scaled,
 unfiltered distribution (what an RL loss compares against a teacher-forced pass).
+`sample_batch` / `sample_chunks` are how every stage samples: left-pad a batch of prompts (a
+chunk of a longer list, filled to a fixed batch size), place it on the mesh, generate, and bring
+the tokens, mask and log-probs back to the host; each caller keeps its own PRNG keys.
 Not for: scoring with other models, or rollouts bookkeeping (the RL stages build on this).
 """
 
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import parallel
 from rlhf_jax.errors import ConfigError, ShapeError
 from rlhf_jax.models import Decoder, KVCache, ModelConfig, lm_logits
 from rlhf_jax.models.param_kinds import is_weight_matrix, leaf_name
@@ -147,3 +152,72 @@ def left_pad(prompts: list[list[int]], pad_id: int, max_len: int | None = None):
       tokens[i, p - len(x):] = x
       mask[i, p - len(x):] = True
   return tokens, mask
+
+
+# ---- sampling a list of prompts on a mesh --------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Samples:
+  """One sampled batch of B rows: rows [0, `rows`) answer prompts [start, start + rows) of the
+  caller's list; the rest repeat the last prompt, to fill the batch to its fixed size."""
+  start: int
+  rows: int
+  prompt_BxP: np.ndarray  # host, left-padded (pad_id where prompt_mask_BxP is False)
+  prompt_mask_BxP: np.ndarray
+  tokens_BxN: np.ndarray  # host copies of generate's outputs
+  mask_BxN: np.ndarray
+  logprobs_BxN: np.ndarray
+  on_mesh: dict  # "prompt", "prompt_mask", "tokens", "mask", "logprobs": global jax.Arrays
+
+  def rows_on_mesh(self):
+    """(tokens [B, P+N], attention mask [B, P+N]) on the mesh: prompt and response, for the
+    models that score them."""
+    m = self.on_mesh
+    return (jnp.concatenate([m["prompt"], m["tokens"]], axis=1),
+            jnp.concatenate([m["prompt_mask"], m["mask"]], axis=1))
+
+  def response_ids(self, i: int) -> list[int]:
+    """Row i's response tokens (up to and including EOS when one was emitted)."""
+    return [int(t) for t in self.tokens_BxN[i][self.mask_BxN[i]]]
+
+
+def generator(model_cfg: ModelConfig, cfg: SamplingConfig, eos_id: int, pad_id: int) -> Callable:
+  """generate_fn(params, prompt_BxP, prompt_mask_BxP, rng) -> `generate`'s dict, for
+  `sample_batch` (the RL stage passes its own compiled one instead)."""
+  return functools.partial(generate, model_cfg=model_cfg, cfg=cfg, eos_id=eos_id, pad_id=pad_id)
+
+
+def put_prompts(prompts: list[list[int]], pad_id: int, width: int, mesh, rules):
+  """(host tokens [B, P], host mask [B, P], {"prompt", "prompt_mask"} on the mesh): the prompts
+  left-padded to `width`; each process places its own slice of the B rows (`put_batch`)."""
+  tok, mask = left_pad(prompts, pad_id, width)
+  pid, rows = jax.process_index(), len(prompts) // jax.process_count()
+  local = {"prompt": tok[pid * rows:(pid + 1) * rows],
+           "prompt_mask": mask[pid * rows:(pid + 1) * rows]}
+  return tok, mask, parallel.put_batch(local, mesh, rules)
+
+
+def sample_batch(generate_fn: Callable, params, prompts: list[list[int]], rng, *, pad_id: int,
+                 width: int, mesh, rules, start: int = 0, rows: int | None = None) -> Samples:
+  """One batch: `prompts` (B token lists, B dividing over the mesh's batch axes) left-padded to
+  `width`, placed on the mesh, sampled with `generate_fn` and key `rng` (placed replicated, so
+  every key gives one compiled program), and brought back to the host."""
+  tok, mask, dev = put_prompts(prompts, pad_id, width, mesh, rules)
+  gen = generate_fn(params, dev["prompt"], dev["prompt_mask"],
+                    jax.device_put(rng, parallel.replicated(mesh)))
+  host = {k: parallel.to_host(gen[k]) for k in ("tokens", "mask", "logprobs")}
+  return Samples(start=start, rows=len(prompts) if rows is None else rows, prompt_BxP=tok,
+                 prompt_mask_BxP=mask, tokens_BxN=host["tokens"], mask_BxN=host["mask"],
+                 logprobs_BxN=host["logprobs"], on_mesh={**dev, **gen})
+
+
+def sample_chunks(generate_fn: Callable, params, prompts: list[list[int]],
+                  key_of: Callable[[int], jax.Array], *, batch_size: int, pad_id: int,
+                  width: int, mesh, rules) -> Iterator[Samples]:
+  """`sample_batch` over `prompts` in chunks of `batch_size` rows, the last chunk filled with
+  copies of its last prompt (one batch shape, one compiled program); chunk `start` (the index
+  of its first prompt) is sampled with key `key_of(start)`."""
+  for start in range(0, len(prompts), batch_size):
+    part = prompts[start:start + batch_size]
+    filled = part + [part[-1]] * (batch_size - len(part))
+    yield sample_batch(generate_fn, params, filled, key_of(start), pad_id=pad_id, width=width,
+                       mesh=mesh, rules=rules, start=start, rows=len(part))

@@ -4,7 +4,7 @@ params and their shardings (`param_shardings`) that reading them needs.
 
 Below every stage (it imports no `rlhf_jax.train` module), so the stages, the frozen reward
 scorer (`rlhf_jax.reward.model`) and `python -m rlhf_jax.reward.score` share one reader.
-Not for: initialising or resuming a stage's own training state (`rlhf_jax.train.state`).
+Not for: initialising or resuming a stage's own training state (`rlhf_jax.train_state`).
 """
 
 from __future__ import annotations

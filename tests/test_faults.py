@@ -8,6 +8,7 @@ inside a wrapped step, so the handlers, the checkpoint and the exception are the
 test does the same to a real `python -m rlhf_jax.main` process from outside.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -23,7 +24,7 @@ import pytest
 
 from rlhf_jax import checkpoint, config_base, smoke, stages
 from rlhf_jax.errors import ConfigError, NonFiniteError, Preempted, WorkdirBusy
-from rlhf_jax.train import dpo_stage, lm_stage, pipeline, rl_stage, rm_stage
+from rlhf_jax.train import dpo_stage, lm_stage, pipeline, rl_eval, rl_setup, rm_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -352,19 +353,18 @@ def test_ppo_sigterm_at_a_random_iteration_then_rerun_equals_uninterrupted(
     ppo_straight, tmp_path, monkeypatch):
   root, straight_dir, straight = ppo_straight
   at = random.Random("ppo").randrange(1, 5)
-  real = rl_stage.compile_rl
+  real = rl_setup.compile_rl
 
   def compile_with_signal(**kw):
     fns = real(**kw)
-    return type(fns)(fns.generate, fns.score, _SignalAt(fns.update, at), fns.ptx_sharding,
-                     fns.jitted)
+    return dataclasses.replace(fns, update=_SignalAt(fns.update, at))
 
-  monkeypatch.setattr(rl_stage, "compile_rl", compile_with_signal)
+  monkeypatch.setattr(rl_setup, "compile_rl", compile_with_signal)
   workdir = str(tmp_path / "ppo")
   with pytest.raises(Preempted) as info:
     stages.run(_ppo(root), workdir)
   assert info.value.step == at
-  monkeypatch.setattr(rl_stage, "compile_rl", real)
+  monkeypatch.setattr(rl_setup, "compile_rl", real)
   resumed = stages.run(_ppo(root), workdir)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight["state"]),
                jax.device_get(resumed["state"]))
@@ -388,24 +388,23 @@ class _NaNRolloutAt:
 
 
 def _poison_rollout(monkeypatch, at):
-  real = rl_stage.compile_rl
+  real = rl_setup.compile_rl
 
   def compile_poisoned(**kw):
     fns = real(**kw)
-    return type(fns)(fns.generate, _NaNRolloutAt(fns.score, at), fns.update, fns.ptx_sharding,
-                     fns.jitted)
-  monkeypatch.setattr(rl_stage, "compile_rl", compile_poisoned)
+    return dataclasses.replace(fns, score=_NaNRolloutAt(fns.score, at))
+  monkeypatch.setattr(rl_setup, "compile_rl", compile_poisoned)
 
 
 def test_ppo_nan_stops_or_skips_and_beta_is_never_nan(ppo_straight, tmp_path, monkeypatch):
   root = ppo_straight[0]
-  # Call 1 is the held-out evaluation of the SFT policy; call 3 scores iteration 2's rollout.
-  _poison_rollout(monkeypatch, 3)
+  # Call 2 scores iteration 2's rollout (held-out evaluations have their own program).
+  _poison_rollout(monkeypatch, 2)
   with pytest.raises(NonFiniteError, match=r"\[ppo\] step 2: .*loss=nan.*no checkpoint was "
                                            r"written yet"):
     stages.run(_ppo(root), str(tmp_path / "stop"))
   assert pipeline.latest_step(str(tmp_path / "stop")) is None  # iteration 2's was due
-  _poison_rollout(monkeypatch, 3)
+  _poison_rollout(monkeypatch, 2)
   c = _ppo(root)
   c.train.on_nonfinite = "skip"
   out = stages.run(c, str(tmp_path / "skip"))
@@ -489,5 +488,5 @@ def test_no_gain_is_reported_from_a_nonfinite_evaluation(tmp_path):
       raise AssertionError(f"printed a table line: {line}")
 
   with pytest.raises(NonFiniteError, match=r"NaN/Inf \(eval_gold\): no SFT-vs-RL table"):
-    rl_stage._finish("ppo", str(tmp_path), str(sft_path), final, 5, cfg, Quiet())  # pylint: disable=protected-access
+    rl_eval.final_report("ppo", str(tmp_path), str(sft_path), final, 5, cfg, Quiet())
   assert not (tmp_path / "summary.json").exists()

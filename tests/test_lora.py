@@ -16,7 +16,7 @@ import pytest
 from rlhf_jax import config_base, stages
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import PRESETS, ModelConfig, forward, init_params, lora
-from rlhf_jax.train.state import OptimConfig
+from rlhf_jax.train_state import OptimConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMA = PRESETS["tiny"].replace(vocab_size=97, hidden=32, num_heads=4, num_kv_heads=2,

@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_jax.models import ModelConfig, init_params
 from rlhf_jax.models.param_kinds import is_weight_matrix
-from rlhf_jax.train.state import OptimConfig
+from rlhf_jax.train_state import OptimConfig
 
 GPT2 = ModelConfig(vocab_size=61, hidden=16, num_layers=2, num_heads=2, num_kv_heads=2,
                    mlp_dim=32, max_seq_len=16, norm="layer", position="learned", mlp="gelu",

@@ -15,7 +15,7 @@ import pytest
 from rlhf_jax import parallel
 from rlhf_jax.plan import memory, programs
 from rlhf_jax.train import loop
-from rlhf_jax.train.state import create_state
+from rlhf_jax.train_state import create_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))

@@ -21,7 +21,7 @@ from rlhf_jax.reward import combine
 from rlhf_jax.reward import model as rm_model
 from rlhf_jax.train import model_init
 from rlhf_jax.train.rm_steps import RMLossConfig, make_rm_steps
-from rlhf_jax.train.state import OptimConfig, create_state
+from rlhf_jax.train_state import OptimConfig, create_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))

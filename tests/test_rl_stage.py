@@ -26,7 +26,7 @@ from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import RLConfig
 from rlhf_jax.rl.rollout import logprob_gap, response_outputs, score_rollout
 from rlhf_jax.train import pipeline, rl_data
-from rlhf_jax.train.state import OptimConfig, TrainState, create_state, param_shardings
+from rlhf_jax.train_state import OptimConfig, TrainState, create_state, param_shardings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -83,7 +83,7 @@ def test_pipeline_skips_finished_stages_and_writes_summary_and_plot(upstream, fu
   assert out["summary"]["gold_gain_in_sft_std"] == summary["gold_gain_in_sft_std"]
   # Rollouts and held-out evaluations share one compiled program each: no recompilation.
   assert {k: f._cache_size() for k, f in out["compiled"].items()} == {
-      "generate": 1, "score": 1, "update": 1}
+      "generate": 1, "score": 1, "update": 1, "evaluate": 1}
 
 
 def test_resumed_ppo_run_equals_uninterrupted_bitwise(upstream, full_run, tmp_path):

@@ -10,7 +10,7 @@ from rlhf_jax import parallel
 from rlhf_jax.errors import ConfigError, ShapeError
 from rlhf_jax.models import ModelConfig
 from rlhf_jax.train.lm_steps import make_lm_steps
-from rlhf_jax.train.state import OptimConfig, create_state
+from rlhf_jax.train_state import OptimConfig, create_state
 
 CFG = ModelConfig(vocab_size=128, hidden=64, num_layers=2, num_heads=4, num_kv_heads=2,
                   mlp_dim=128, max_seq_len=32, tie_embeddings=False)

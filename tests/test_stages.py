@@ -14,7 +14,7 @@ import pytest
 from rlhf_jax import checkpoint, parallel, stages
 from rlhf_jax.errors import ConfigError, DataError
 from rlhf_jax.models import ModelConfig
-from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
+from rlhf_jax.train_state import OptimConfig, create_state, state_shardings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -59,7 +59,7 @@ def _random_tokens(cfg: ModelConfig, shape, seed: int = 0) -> np.ndarray:
 def _frozen_params(cfg: ModelConfig, mesh, rules, seed: int, heads: str = "lm"):
   """Random params born sharded, no optimizer state (a sampler's or a frozen model's)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train.state import _boxed_params_fn, param_shardings  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import _boxed_params_fn, param_shardings  # pylint: disable=g-import-not-at-top
   shardings = param_shardings(cfg, mesh, rules, heads)[1]
   boxed = _boxed_params_fn(cfg, heads)
   with nn.logical_axis_rules(rules):
@@ -106,7 +106,7 @@ def bench_generate(shape: str, batch: int, prompt: int, new: int, repeats: int,
 def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat: str,
                 peak_tflops: float | None = None, attention: str = "") -> dict:
   """One optimizer step (AdamW) of the SFT ("sft") or reward-model ("rm") loss."""
-  from rlhf_jax.train.state import OptimConfig, create_state  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import OptimConfig, create_state  # pylint: disable=g-import-not-at-top
   cfg = model_config(shape, seq, remat=remat, attention=attention)
   mesh, rules = _mesh_rules()
   tx = OptimConfig(learning_rate=1e-5, warmup_steps=0).make()
@@ -164,7 +164,7 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   from rlhf_jax.rl import ppo  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl.compiled import compile_rl  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl.config import RLConfig  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train.state import OptimConfig, TrainState, create_state  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import OptimConfig, TrainState, create_state  # pylint: disable=g-import-not-at-top
   cfg = model_config(shape, prompt + new, remat=remat,
                      attention=attention).replace(lora_rank=lora_rank)
   mesh, rules = _mesh_rules()

@@ -7,7 +7,7 @@ per-layer vector gains a leading layer axis ([L, D] norm scales, [L, H, Dh] q/k/
 callers read the kind:
   - the sampler's compute copy (`sampling.compute_copy`) casts weight matrices only: the layers
     cast each of them at its use, while norms run in float32 with float32 scales and biases;
-  - the optimizer's weight-decay mask (`train.state.OptimConfig.make`) decays weight matrices
+  - the optimizer's weight-decay mask (`train_state.OptimConfig.make`) decays weight matrices
     only. Embedding tables ARE decayed, as in GPT-2 / nanoGPT (the table is also the tied LM
     head); norm gains and all biases are not.
 An unknown name is an error, so a new parameter has to be classified here.

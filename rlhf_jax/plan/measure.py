@@ -33,7 +33,7 @@ def measure_train_step(config) -> dict:
   from rlhf_jax.plan import programs  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train import loop  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train.lm_steps import make_lm_steps  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train.state import create_state  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import create_state  # pylint: disable=g-import-not-at-top
   if config.stage not in ("pretrain", "sft"):
     raise SystemExit("--measure runs the LM train step: give a pretrain or sft config")
   plan = programs.stage_plan(config, exact_flops=False).programs[0]

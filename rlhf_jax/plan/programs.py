@@ -75,7 +75,7 @@ def _train_program(name, jitted_train, abstract, shardings, batch, cfg, tokens_p
 def supervised_plan(config, mesh, rules, replace) -> StagePlan:
   """pretrain / sft / reward / dpo: the train step."""
   from rlhf_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train.state import state_shardings  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import state_shardings  # pylint: disable=g-import-not-at-top
   stage, tc = config.stage, config.train
   heads = "lm"
   if stage == "reward":
@@ -112,8 +112,8 @@ def supervised_plan(config, mesh, rules, replace) -> StagePlan:
 
 def _dpo_plan(config, cfg, tx, abstract, shardings, shapes, mesh, rules, tokens_per_device):
   from rlhf_jax.dpo import steps as dpo_steps  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train import jit_steps  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train.state import param_shardings  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import jit_steps  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import param_shardings  # pylint: disable=g-import-not-at-top
   dc = dpo_steps.DPOConfig.from_dict(config.dpo)
   shapes = dict(shapes, response_mask=shapes["attention_mask"])
   batch = _batch(mesh, rules, shapes)
@@ -150,7 +150,7 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
   from rlhf_jax.rl.compiled import compile_rl  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl.config import RLConfig  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train import loop, rl_state  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.train.state import param_shardings  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import param_shardings  # pylint: disable=g-import-not-at-top
   cfg = RLConfig.from_dict(config.rl)
   heads = "lm+score" if cfg.critic == "shared" else "lm"
   pol = lora.configure(model_of(config, "lm", **replace), config.model)
@@ -211,7 +211,7 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
 
 def abstract_policy(abstract):
   """The policy TrainState the update takes, from the abstract RL state."""
-  from rlhf_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train_state import TrainState  # pylint: disable=g-import-not-at-top
   return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract.params,
                     opt_state=abstract.opt_state, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
 

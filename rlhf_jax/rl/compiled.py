@@ -7,6 +7,9 @@
         response_logprobs are generate's, for the sampler-vs-trainer log-prob check
   update(policy, critic, rollout, rng, ptx) -> (policy, critic, metrics), donating the policy
         and critic states it replaces
+  evaluate(params, ref_params, rm_params, prompt, prompt_mask, response, response_mask) ->
+        only what a held-out evaluation reports (`rollout.evaluation_scores`): "rm_score",
+        "kl_k1_seq", "has_eos" [B], equal to score's
 Params and states come in with the shardings their rules give; batches are sharded over the
 mesh's batch axes; metrics are replicated. Used by the RL stage and the benchmark alike.
 """
@@ -22,12 +25,12 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax import parallel, sampling
+from rlhf_jax.jit_steps import in_mesh, with_rules
 from rlhf_jax.models import lora
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.config import RLConfig
-from rlhf_jax.rl.rollout import score_rollout
-from rlhf_jax.train.jit_steps import in_mesh, with_rules
-from rlhf_jax.train.state import param_shardings
+from rlhf_jax.rl.rollout import evaluation_scores, score_rollout
+from rlhf_jax.workdir_model import param_shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,7 @@ class RLFunctions:
   generate: Callable
   score: Callable
   update: Callable
+  evaluate: Callable
   ptx_sharding: dict | None  # where PPO-ptx batches [E·M, rows, T] go
   jitted: dict  # the jax.jit objects, for compile counts and cost analyses
 
@@ -66,12 +70,21 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
                          reward_models=reward_models, rule=rule, cfg=cfg, eos_id=eos_id,
                          sample_logprobs_BxN=resp_logp)
 
+  def _evaluate(params, ref, rms, prompt, prompt_mask, resp, resp_mask):
+    tokens = jnp.concatenate([prompt, resp], axis=1)
+    mask = jnp.concatenate([prompt_mask, resp_mask], axis=1)
+    return evaluation_scores(params, ref, rms, tokens, mask, resp_mask, model_cfg=model_cfg,
+                             heads=heads, reward_models=reward_models, rule=rule, cfg=cfg,
+                             eos_id=eos_id)
+
   gen_jit = jax.jit(with_rules(_generate, rules),
                     in_shardings=(policy_shardings.params, bsh(2), bsh(2), rep),
                     out_shardings={"tokens": bsh(2), "mask": bsh(2), "logprobs": bsh(2)})
   score_jit = jax.jit(with_rules(_score, rules), in_shardings=(
       policy_shardings.params, ref_sh, cri_params_sh, rm_sh, rep, bsh(2), bsh(2), bsh(2),
       bsh(2), bsh(2)))
+  eval_jit = jax.jit(with_rules(_evaluate, rules), in_shardings=(
+      policy_shardings.params, ref_sh, rm_sh, bsh(2), bsh(2), bsh(2), bsh(2)))
   ptx_sh = None
   if with_ptx:
     spec = PartitionSpec(None, dict(rules).get("batch"), None)
@@ -83,5 +96,6 @@ def compile_rl(*, model_cfg, critic_cfg, heads: str, reward_models, rule, cfg: R
                                      {k: bsh(2) for k in ppo.ROLLOUT_KEYS}, rep, ptx_sh, rep),
                        out_shardings=(policy_shardings, cri_sh, rep), donate_argnums=(0, 1))
   return RLFunctions(in_mesh(gen_jit, mesh), in_mesh(score_jit, mesh),
-                     in_mesh(update_jit, mesh), ptx_sh,
-                     {"generate": gen_jit, "score": score_jit, "update": update_jit})
+                     in_mesh(update_jit, mesh), in_mesh(eval_jit, mesh), ptx_sh,
+                     {"generate": gen_jit, "score": score_jit, "update": update_jit,
+                      "evaluate": eval_jit})

@@ -21,6 +21,8 @@ Not for: sampling and scoring (`rlhf_jax.rl.rollout`).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -45,6 +47,39 @@ def _ptx_loss(params, model_cfg, heads, batch):
   return total / jnp.maximum(count, 1.0)
 
 
+def _policy_objective(params, rows, first, ptx_batch, *, cfg: RLConfig, model_cfg, heads: str,
+                      prompt_width: int, beta):
+  """(loss, metrics) of one minibatch of rollout rows for the policy: the clipped (or A2C)
+  policy loss, minus the entropy bonus, plus β·KL when rl.kl_penalty="loss", the value loss
+  of a shared value head and the PPO-ptx language-model loss. `first`: the iteration's first
+  minibatch, whose "old" log-probs (and values) are the current ones, so its ratio is exactly 1."""
+  out = response_outputs(model_cfg, params, rows["tokens"], rows["attention_mask"], prompt_width,
+                         cfg.temperature, heads, want_entropy=True)
+  mask = rows["response_mask"]
+  old = jnp.where(first, jax.lax.stop_gradient(out["logprobs"]), rows["logprobs"])
+  pg, met = rl_losses.policy_loss(out["logprobs"], old, rows["advantages"], mask, cfg.policy_clip)
+  ent = masked_mean(out["entropy"], mask)
+  loss = pg - cfg.entropy_coef * ent
+  met["entropy"] = ent
+  if cfg.kl_penalty == "loss":
+    kl_tok = kl_lib.masked_kl_per_token(out["logprobs"], rows["ref_logprobs"], mask, "k3")
+    kl = masked_mean(kl_tok, mask)
+    loss = loss + beta * kl
+    met["kl_loss"] = kl
+  if cfg.critic == "shared":
+    old_v = jnp.where(first, jax.lax.stop_gradient(out["values"]), rows["values"])
+    vl, vmet = rl_losses.value_loss(out["values"], old_v, rows["returns"], mask,
+                                    cfg.value_clip_eps)
+    loss = loss + cfg.vf_coef * vl
+    met.update(vmet)
+  if ptx_batch is not None:
+    ptx_nll = _ptx_loss(params, model_cfg, heads, ptx_batch)
+    loss = loss + cfg.ptx_coef * ptx_nll
+    met["ptx_loss"] = ptx_nll
+  met["loss"] = loss
+  return loss, met
+
+
 def update(policy, critic, rollout, rng, ptx=None, beta=0.0, *, cfg: RLConfig, model_cfg,
            critic_cfg, heads: str, tx_policy, tx_critic):
   """(policy, critic, metrics). rollout: the ROLLOUT_KEYS of `score_rollout`'s output; ptx:
@@ -53,35 +88,9 @@ def update(policy, critic, rollout, rng, ptx=None, beta=0.0, *, cfg: RLConfig, m
   b, n = rollout["response_mask"].shape
   p = rollout["tokens"].shape[1] - n
   e, m, mb = cfg.epochs, cfg.minibatches, cfg.minibatch_size
-  shared = cfg.critic == "shared"
-  clip = cfg.policy_clip
 
-  def policy_objective(params, rows, first, ptx_batch):
-    out = response_outputs(model_cfg, params, rows["tokens"], rows["attention_mask"], p,
-                           cfg.temperature, heads, want_entropy=True)
-    mask = rows["response_mask"]
-    old = jnp.where(first, jax.lax.stop_gradient(out["logprobs"]), rows["logprobs"])
-    pg, met = rl_losses.policy_loss(out["logprobs"], old, rows["advantages"], mask, clip)
-    ent = masked_mean(out["entropy"], mask)
-    loss = pg - cfg.entropy_coef * ent
-    met["entropy"] = ent
-    if cfg.kl_penalty == "loss":
-      kl_tok = kl_lib.masked_kl_per_token(out["logprobs"], rows["ref_logprobs"], mask, "k3")
-      kl = masked_mean(kl_tok, mask)
-      loss = loss + beta * kl
-      met["kl_loss"] = kl
-    if shared:
-      old_v = jnp.where(first, jax.lax.stop_gradient(out["values"]), rows["values"])
-      vl, vmet = rl_losses.value_loss(out["values"], old_v, rows["returns"], mask,
-                                      cfg.value_clip_eps)
-      loss = loss + cfg.vf_coef * vl
-      met.update(vmet)
-    if ptx_batch is not None:
-      ptx_nll = _ptx_loss(params, model_cfg, heads, ptx_batch)
-      loss = loss + cfg.ptx_coef * ptx_nll
-      met["ptx_loss"] = ptx_nll
-    met["loss"] = loss
-    return loss, met
+  policy_objective = functools.partial(_policy_objective, cfg=cfg, model_cfg=model_cfg,
+                                       heads=heads, prompt_width=p, beta=beta)
 
   def critic_objective(params, rows, first):
     values = response_outputs(critic_cfg, params, rows["tokens"], rows["attention_mask"], p,

@@ -21,6 +21,7 @@ the sampler-vs-trainer check, when given the sampler's own log-probs of the resp
 and from them the per-token rewards and the advantages: GAE (whitened) and returns with a
 critic; with GRPO / RLOO the group-relative advantage of each response's reward (the RM score,
 minus β·KL when rl.kl_penalty="reward"), on every token of the response.
+`evaluation_scores` computes only what a held-out evaluation reports (RM score, k1 KL, EOS).
 Not for: sampling (`rlhf_jax.sampling`) or the update (`rlhf_jax.rl.ppo`).
 """
 
@@ -76,6 +77,42 @@ def sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL):
   return combine.combine_rewards(each, rule), each
 
 
+def _policy_and_reference(params, ref_params, tokens_BxL, mask_BxL, resp_mask_BxN, *, model_cfg,
+                          heads: str, cfg: RLConfig):
+  """(the policy's `response_outputs`, its response log-probs [B, N], the reference's [B, N]),
+  the log-probs 0 outside the response."""
+  p = tokens_BxL.shape[1] - resp_mask_BxN.shape[1]
+  pol = response_outputs(model_cfg, params, tokens_BxL, mask_BxL, p, cfg.temperature, heads)
+  ref = response_outputs(model_cfg, ref_params, tokens_BxL, mask_BxL, p, cfg.temperature)
+  logp = jnp.where(resp_mask_BxN, pol["logprobs"], 0.0)
+  ref_logp = jnp.where(resp_mask_BxN, ref["logprobs"], 0.0)
+  return pol, logp, ref_logp
+
+
+def _has_eos(tokens_BxL, resp_mask_BxN, eos_id: int):
+  """bool[B]: the response emitted EOS."""
+  resp_tokens = tokens_BxL[:, tokens_BxL.shape[1] - resp_mask_BxN.shape[1]:]
+  return jnp.any(resp_mask_BxN & (resp_tokens == eos_id), axis=1)
+
+
+def _k1_per_sequence(logp_BxN, ref_logp_BxN, resp_mask_BxN):
+  """float32[B]: the summed k1 KL (log π − log π_ref) over each response: what is reported."""
+  return jnp.sum(jnp.where(resp_mask_BxN, logp_BxN - ref_logp_BxN, 0.0), axis=1)
+
+
+def evaluation_scores(params, ref_params, rm_params, tokens_BxL, mask_BxL, resp_mask_BxN, *,
+                      model_cfg, heads: str, reward_models, rule, cfg: RLConfig, eos_id: int):
+  """What a held-out evaluation reports of sampled rows, computed as `score_rollout` computes
+  it (so the figures are the same) and nothing else (no critic, rewards or advantages):
+  "rm_score" [B] (combined, normalised), "kl_k1_seq" [B], "has_eos" [B]."""
+  resp_mask = resp_mask_BxN.astype(bool)
+  _, logp, ref_logp = _policy_and_reference(params, ref_params, tokens_BxL, mask_BxL, resp_mask,
+                                            model_cfg=model_cfg, heads=heads, cfg=cfg)
+  rm_score, _ = sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL)
+  return {"rm_score": rm_score, "kl_k1_seq": _k1_per_sequence(logp, ref_logp, resp_mask),
+          "has_eos": _has_eos(tokens_BxL, resp_mask, eos_id)}
+
+
 def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL, mask_BxL,
                   resp_mask_BxN, *, model_cfg, critic_cfg, heads: str, reward_models, rule,
                   cfg: RLConfig, eos_id: int, sample_logprobs_BxN=None):
@@ -85,8 +122,8 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
   n = resp_mask_BxN.shape[1]
   p = tokens_BxL.shape[1] - n
   resp_mask = resp_mask_BxN.astype(bool)
-  pol = response_outputs(model_cfg, params, tokens_BxL, mask_BxL, p, cfg.temperature, heads)
-  ref = response_outputs(model_cfg, ref_params, tokens_BxL, mask_BxL, p, cfg.temperature)
+  pol, logp, ref_logp = _policy_and_reference(params, ref_params, tokens_BxL, mask_BxL, resp_mask,
+                                              model_cfg=model_cfg, heads=heads, cfg=cfg)
   if cfg.critic == "shared":
     values = pol["values"]
   elif cfg.critic == "none":
@@ -95,15 +132,12 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
     values = response_outputs(critic_cfg, critic_params, tokens_BxL, mask_BxL, p,
                               cfg.temperature, heads="score")["values"]
   values = jnp.where(resp_mask, values, 0.0)
-  logp = jnp.where(resp_mask, pol["logprobs"], 0.0)
-  ref_logp = jnp.where(resp_mask, ref["logprobs"], 0.0)
 
   rm_score, each = sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL)
   score = rm_score * cfg.reward_scale
   if cfg.reward_clip:
     score = jnp.clip(score, -cfg.reward_clip, cfg.reward_clip)
-  resp_tokens = tokens_BxL[:, p:]
-  has_eos = jnp.any(resp_mask & (resp_tokens == eos_id), axis=1)
+  has_eos = _has_eos(tokens_BxL, resp_mask, eos_id)
   if cfg.missing_eos == "penalty":
     score = jnp.where(has_eos, score, cfg.missing_eos_score)
 
@@ -120,12 +154,12 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
     advantages, returns = adv_lib.gae(rewards, values, resp_mask, cfg.gamma, cfg.lam)
   if cfg.whiten_advantages:
     advantages = adv_lib.whiten(advantages, resp_mask)
-  k1 = jnp.where(resp_mask, logp - ref_logp, 0.0)
   out = {
       "tokens": tokens_BxL, "attention_mask": mask_BxL, "response_mask": resp_mask,
       "logprobs": logp, "ref_logprobs": ref_logp, "values": values, "rewards": rewards,
       "advantages": advantages, "returns": returns, "score": score, "rm_score": rm_score,
-      "has_eos": has_eos, "kl_seq": jnp.sum(kl_tok, axis=1), "kl_k1_seq": jnp.sum(k1, axis=1),
+      "has_eos": has_eos, "kl_seq": jnp.sum(kl_tok, axis=1),
+      "kl_k1_seq": _k1_per_sequence(logp, ref_logp, resp_mask),
   }
   out.update({f"rm_{name}": s for name, s in each.items()} if len(each) > 1 else {})
   if sample_logprobs_BxN is not None:

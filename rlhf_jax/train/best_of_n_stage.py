@@ -96,6 +96,51 @@ def pick(rm_scores_PxN: np.ndarray, n: int) -> np.ndarray:
   return np.argmax(rm_scores_PxN[:, :n], axis=1)
 
 
+def sample_and_score(params, model_cfg, tokenizer, prompts: list[list[int]], n_max: int, scfg,
+                     width: int, prompts_per_call: int, seed: int, models, rule, gold_fn, mesh,
+                     rules):
+  """(RM scores [P, n_max], gold scores [P, n_max] or None, response token tuples [P][n_max],
+  response texts [P·n_max]): n_max samples of each prompt, prompt-major rows. Chunks of
+  `prompts_per_call` prompts, the one starting at prompt s sampled with key PRNGKey(seed + s)."""
+  pad = tokenizer.pad_id
+  rm_params = [m.params for m in models]
+  score = jax.jit(lambda ps, t, m: sequence_scores(models, rule, ps, t, m)[0])
+  rows = [p for p in prompts for _ in range(n_max)]  # prompt-major: row = prompt·n + k
+  rm_all, gold_all, keys = [], [], []
+  with jax.set_mesh(mesh):
+    for smp in sampling.sample_chunks(
+        sampling.generator(model_cfg, scfg, tokenizer.eos_id, pad), params, rows,
+        lambda start: jax.random.PRNGKey(seed + start // n_max),
+        batch_size=prompts_per_call * n_max, pad_id=pad, width=width, mesh=mesh, rules=rules):
+      rm = parallel.to_host(score(rm_params, *smp.rows_on_mesh()))
+      rm_all.append(rm[:smp.rows].reshape(-1, n_max))
+      if gold_fn is not None:
+        g = gold_fn(np.where(smp.prompt_mask_BxP, smp.prompt_BxP, pad),
+                    np.where(smp.mask_BxN, smp.tokens_BxN, pad))
+        gold_all.append(np.asarray(g)[:smp.rows].reshape(-1, n_max))
+      keys += [tuple(smp.response_ids(i)) for i in range(smp.rows)]
+  texts = [tokenizer.decode(list(x)) for x in keys]
+  keys_pn = [keys[i:i + n_max] for i in range(0, len(keys), n_max)]
+  return (np.concatenate(rm_all), np.concatenate(gold_all) if gold_all else None, keys_pn,
+          texts)
+
+
+def best_of_n_results(rm_pn: np.ndarray, gold_pn, keys_pn, ns: list[int]) -> dict:
+  """{str(n): KL bound and estimate, mean RM (and gold) score of the best of the first n}."""
+  results = {}
+  for n in ns:
+    idx = pick(rm_pn, n)
+    rows_ = np.arange(len(idx))
+    r = {"n": n, "kl_upper_bound": kl_upper_bound(n),
+         "kl_estimate": kl_estimate(keys_pn, rm_pn, n),
+         "rm_score": float(rm_pn[rows_, idx].mean()), "prompts": int(len(idx))}
+    if gold_pn is not None:
+      g = gold_pn[rows_, idx]
+      r.update(gold=float(g.mean()), gold_std=float(g.std()))
+    results[str(n)] = r
+  return results
+
+
 def run(config, workdir: str) -> dict:
   if config.stage != "best_of_n":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'best_of_n'")
@@ -127,46 +172,10 @@ def run(config, workdir: str) -> dict:
                       f"{b.max_new_tokens} exceeds the model's max_seq_len="
                       f"{model_cfg.max_seq_len}")
   scfg = sampling.SamplingConfig(max_new_tokens=b.max_new_tokens, temperature=b.temperature)
-  rm_params = [m.params for m in models]
-  score = jax.jit(lambda ps, t, m: sequence_scores(models, rule, ps, t, m)[0])
-
-  rm_all, gold_all, texts, keys = [], [], [], []
-  with jax.set_mesh(mesh):
-    for start in range(0, len(prompts), b.prompts_per_call):
-      part = prompts[start:start + b.prompts_per_call]
-      padded = part + [part[-1]] * (b.prompts_per_call - len(part))
-      batch = [p for p in padded for _ in range(n_max)]  # prompt-major: row = prompt·n + k
-      tok, mask = sampling.left_pad(batch, tokenizer.pad_id, width)
-      dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
-      out = sampling.generate(params, dev["t"], dev["m"],
-                              jax.random.PRNGKey(config.seed + start), model_cfg=model_cfg,
-                              cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-      full_t = jax.numpy.concatenate([dev["t"], out["tokens"]], axis=1)
-      full_m = jax.numpy.concatenate([dev["m"], out["mask"]], axis=1)
-      rm = parallel.to_host(score(rm_params, full_t, full_m))
-      resp, rmask = parallel.to_host(out["tokens"]), parallel.to_host(out["mask"])
-      k = len(part) * n_max
-      rm_all.append(rm[:k].reshape(-1, n_max))
-      if data.gold_fn is not None:
-        g = data.gold_fn(np.where(mask, tok, tokenizer.pad_id),
-                         np.where(rmask, resp, tokenizer.pad_id))
-        gold_all.append(np.asarray(g)[:k].reshape(-1, n_max))
-      keys += [tuple(int(t) for t, m in zip(resp[i], rmask[i]) if m) for i in range(k)]
-      texts += [tokenizer.decode(list(x)) for x in keys[-k:]]
-  rm_pn = np.concatenate(rm_all)
-  keys_pn = [keys[i:i + n_max] for i in range(0, len(keys), n_max)]
-  gold_pn = np.concatenate(gold_all) if gold_all else None
-  results = {}
-  for n in ns:
-    idx = pick(rm_pn, n)
-    rows_ = np.arange(len(idx))
-    r = {"n": n, "kl_upper_bound": kl_upper_bound(n),
-         "kl_estimate": kl_estimate(keys_pn, rm_pn, n),
-         "rm_score": float(rm_pn[rows_, idx].mean()), "prompts": int(len(idx))}
-    if gold_pn is not None:
-      g = gold_pn[rows_, idx]
-      r.update(gold=float(g.mean()), gold_std=float(g.std()))
-    results[str(n)] = r
+  rm_pn, gold_pn, keys_pn, texts = sample_and_score(
+      params, model_cfg, tokenizer, prompts, n_max, scfg, width, b.prompts_per_call,
+      config.seed, models, rule, data.gold_fn, mesh, rules)
+  results = best_of_n_results(rm_pn, gold_pn, keys_pn, ns)
   best = pick(rm_pn, n_max)
   lines = [f"[best_of_n] {len(prompts)} {split} prompts, {n_max} samples each at temperature "
            f"{b.temperature}, from {config.init.from_workdir or config.init.hf_checkpoint}:",

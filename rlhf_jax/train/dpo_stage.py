@@ -21,15 +21,15 @@ import os
 import jax
 import numpy as np
 
-from rlhf_jax import metrics, parallel
+from rlhf_jax import jit_steps, metrics, parallel
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data import lm_data
 from rlhf_jax.dpo import steps as dpo_steps
 from rlhf_jax.errors import ConfigError
-from rlhf_jax.train import jit_steps, model_init, pipeline, rm_data
+from rlhf_jax.train import model_init, pipeline, rm_data
 from rlhf_jax.train import policy_eval as policy_eval_lib
 from rlhf_jax.train.loop import describe, make_optimizer, restore_or_create, stage_setup, train_loop
-from rlhf_jax.train.state import param_shardings
+from rlhf_jax.train_state import param_shardings
 
 
 def run(config, workdir: str) -> dict:
@@ -64,18 +64,8 @@ def run(config, workdir: str) -> dict:
   del ref_host
   model_init.write_model_json(workdir, model_cfg, config, heads="lm",
                               extra={"tokenizer": lm_data.tokenizer_spec(config)})
-  batch_sh = {k: parallel.batch_sharding(mesh, rules, n)
-              for k, n in dpo_steps.BATCH_NDIMS.items()}
-  rep = parallel.replicated(mesh)
-  ref_sh = None if ref_params is None else param_shardings(model_cfg, mesh, rules, "lm")[1]
-  train_jit = jax.jit(jit_steps.with_rules(jit_steps.guard_nonfinite(functools.partial(
-      dpo_steps.train_step, model_cfg=model_cfg, tx=tx, dc=dc)), rules),
-      in_shardings=(shardings, ref_sh, batch_sh), out_shardings=(shardings, rep),
-      donate_argnums=0)
-  eval_jit = jax.jit(jit_steps.with_rules(functools.partial(
-      dpo_steps.eval_step, model_cfg=model_cfg), rules),
-      in_shardings=(shardings.params, ref_sh, batch_sh), out_shardings=rep)
-  run_train, run_eval = jit_steps.in_mesh(train_jit, mesh), jit_steps.in_mesh(eval_jit, mesh)
+  run_train, run_eval = _compile(model_cfg, tx, dc, shardings, ref_params is not None, mesh,
+                                 rules)
 
   def put(b):
     return parallel.put_batch(b, mesh, rules)
@@ -116,6 +106,24 @@ def run(config, workdir: str) -> dict:
     policy_eval_lib.write(workdir, policy_eval, "dpo", writer)
   writer.close()
   return {"step": step, "history": history, "state": state, "policy_eval": policy_eval}
+
+
+def _compile(model_cfg, tx, dc, shardings, with_ref: bool, mesh, rules):
+  """(run_train(state, ref_params, batch), run_eval(params, ref_params, batch)) on the mesh:
+  the state donated, a NaN step kept out (`guard_nonfinite`); without `with_ref` (LoRA) the
+  reference is the policy's own base and ref_params is None."""
+  batch_sh = {k: parallel.batch_sharding(mesh, rules, n)
+              for k, n in dpo_steps.BATCH_NDIMS.items()}
+  rep = parallel.replicated(mesh)
+  ref_sh = param_shardings(model_cfg, mesh, rules, "lm")[1] if with_ref else None
+  train_jit = jax.jit(jit_steps.with_rules(jit_steps.guard_nonfinite(functools.partial(
+      dpo_steps.train_step, model_cfg=model_cfg, tx=tx, dc=dc)), rules),
+      in_shardings=(shardings, ref_sh, batch_sh), out_shardings=(shardings, rep),
+      donate_argnums=0)
+  eval_jit = jax.jit(jit_steps.with_rules(functools.partial(
+      dpo_steps.eval_step, model_cfg=model_cfg), rules),
+      in_shardings=(shardings.params, ref_sh, batch_sh), out_shardings=rep)
+  return jit_steps.in_mesh(train_jit, mesh), jit_steps.in_mesh(eval_jit, mesh)
 
 
 def _resolve_source(config):

@@ -14,8 +14,8 @@ import optax
 
 from rlhf_jax import losses
 from rlhf_jax.models import ModelConfig, forward
-from rlhf_jax.train.jit_steps import compile_steps
-from rlhf_jax.train.state import TrainState
+from rlhf_jax.jit_steps import compile_steps
+from rlhf_jax.train_state import TrainState
 
 BATCH_KEYS = ("tokens", "loss_mask", "attention_mask")
 

@@ -23,7 +23,7 @@ import numpy as np
 from rlhf_jax import checkpoint, metrics, nonfinite, parallel, preemption
 from rlhf_jax.errors import ConfigError, Preempted
 from rlhf_jax.models import lora
-from rlhf_jax.train.state import OptimConfig, create_state, state_shardings
+from rlhf_jax.train_state import OptimConfig, create_state, state_shardings
 
 
 def stage_setup(config, workdir: str, prefix: str):

@@ -15,7 +15,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import parallel, sampling
@@ -55,38 +54,36 @@ def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict,
     score = jax.jit(lambda ps, t, m: sequence_scores(models, rule, ps, t, m)[0])
     rm_score = lambda t, m: parallel.to_host(score(rm_params, t, m))  # noqa: E731
   pad = tokenizer.pad_id
+  generate_fn = sampling.generator(model_cfg, scfg, tokenizer.eos_id, pad)
 
-  def columns(params, start):
-    """One batch of one policy: {column: [n]} and the response token lists of its n prompts."""
-    part = prompts[start:start + e.batch_size]
-    padded = part + [part[-1]] * (e.batch_size - len(part))
-    tok, mask = sampling.left_pad(padded, pad, e.max_prompt_len)
-    dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
-    gen = sampling.generate(params, dev["t"], dev["m"], jax.random.fold_in(eval_key, start),
-                            model_cfg=model_cfg, cfg=scfg, eos_id=tokenizer.eos_id, pad_id=pad)
-    full_t = jnp.concatenate([dev["t"], gen["tokens"]], axis=1)
-    full_m = jnp.concatenate([dev["m"], gen["mask"]], axis=1)
-    rp = parallel.to_host(logps(ref, full_t, full_m, tok.shape[1]))
-    lp = rp if params is ref else parallel.to_host(logps(params, full_t, full_m, tok.shape[1]))
-    resp, rmask = parallel.to_host(gen["tokens"]), parallel.to_host(gen["mask"])
+  def columns(smp: sampling.Samples, params):
+    """One batch of one policy: {column: [n]} of its n real rows."""
+    full_t, full_m = smp.rows_on_mesh()
+    width = smp.prompt_BxP.shape[1]
+    rp = parallel.to_host(logps(ref, full_t, full_m, width))
+    lp = rp if params is ref else parallel.to_host(logps(params, full_t, full_m, width))
+    resp, rmask = smp.tokens_BxN, smp.mask_BxN
     col = {"kl": np.where(rmask, lp - rp, 0.0).sum(axis=1), "length": rmask.sum(axis=1),
            "eos": np.any(rmask & (resp == tokenizer.eos_id), axis=1)}
     if gold_fn is not None:
-      col["gold"] = np.asarray(gold_fn(np.where(mask, tok, pad), np.where(rmask, resp, pad)))
+      col["gold"] = np.asarray(gold_fn(np.where(smp.prompt_mask_BxP, smp.prompt_BxP, pad),
+                                       np.where(rmask, resp, pad)))
     if rm_score is not None:
       col["rm_score"] = rm_score(full_t, full_m)
-    n = len(part)
-    return {k: v[:n] for k, v in col.items()}, [list(r[m]) for r, m in zip(resp[:n], rmask[:n])]
+    return {k: v[:smp.rows] for k, v in col.items()}
 
   out = {}
   with jax.set_mesh(mesh):
     for name, params in policies.items():
       cols, responses = [], []
-      for start in range(0, len(prompts), e.batch_size):
-        col, resp = columns(params, start)
-        cols.append(col)
-        responses += resp[:max(keep - len(responses), 0)]
-      answers = [tokenizer.decode([int(t) for t in r]) for r in responses]
+      for smp in sampling.sample_chunks(generate_fn, params, prompts,
+                                        lambda start: jax.random.fold_in(eval_key, start),
+                                        batch_size=e.batch_size, pad_id=pad,
+                                        width=e.max_prompt_len, mesh=mesh, rules=rules):
+        cols.append(columns(smp, params))
+        wanted = min(max(keep - len(responses), 0), smp.rows)
+        responses += [smp.response_ids(i) for i in range(wanted)]
+      answers = [tokenizer.decode(r) for r in responses]
       out[name] = _summarise({k: np.concatenate([c[k] for c in cols]) for k in cols[0]}, answers)
   return out
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax import parallel
-from rlhf_jax.train.state import create_state, state_shardings
+from rlhf_jax.train_state import create_state, state_shardings
 
 
 @flax.struct.dataclass

@@ -200,21 +200,23 @@ def _policy(config):
 
 
 def sample_responses(params, model_cfg, prompts: list[list[int]], k: int, max_new: int,
-                     temperature: float, seed: int, tokenizer, chunk: int = 512):
-  """k sampled responses per prompt (token lists ending at EOS when one was emitted)."""
+                     temperature: float, seed: int, tokenizer, mesh, rules, chunk: int = 512):
+  """k sampled responses per prompt (token lists ending at EOS when one was emitted), on the mesh.
+
+  The k·len(prompts) prompt-major rows go in chunks of `chunk` rows (all of them at once when
+  fewer), each rounded up to divide over the mesh's batch axes; chunk `start` (its first row) is
+  sampled with key PRNGKey(seed + start)."""
   rows = [p for p in prompts for _ in range(k)]
-  out: list[list[int]] = []
-  width = max(len(p) for p in prompts)
+  div = parallel.batch_divisor(mesh, rules)
+  batch = -(-min(chunk, len(rows)) // div) * div
   scfg = sampling.SamplingConfig(max_new_tokens=max_new, temperature=temperature)
-  for start in range(0, len(rows), chunk):
-    part = rows[start:start + chunk]
-    part = part + [part[-1]] * (chunk - len(part)) if len(rows) > chunk else part
-    tokens, mask = sampling.left_pad(part, tokenizer.pad_id, width)
-    res = sampling.generate(params, tokens, mask, jax.random.PRNGKey(seed + start),
-                            model_cfg=model_cfg, cfg=scfg, eos_id=tokenizer.eos_id,
-                            pad_id=tokenizer.pad_id)
-    toks, m = parallel.to_host(res["tokens"]), parallel.to_host(res["mask"])
-    out.extend(toks[r][m[r]].tolist() for r in range(min(len(part), len(rows) - start)))
+  out: list[list[int]] = []
+  for smp in sampling.sample_chunks(sampling.generator(model_cfg, scfg, tokenizer.eos_id,
+                                                       tokenizer.pad_id), params, rows,
+                                    lambda start: jax.random.PRNGKey(seed + start),
+                                    batch_size=batch, pad_id=tokenizer.pad_id,
+                                    width=max(len(p) for p in prompts), mesh=mesh, rules=rules):
+    out.extend(smp.response_ids(r) for r in range(smp.rows))
   return [out[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 
@@ -233,7 +235,9 @@ def sample_prompts(config, tokenizer, split: str, n: int):
         f"in {d.policy_workdir or config.init.from_workdir} for labelling ...", flush=True)
   seed = config.seed + (0 if split == "train" else 10_000_000)
   responses = sample_responses(params, model_cfg, ids, d.num_responses, max_new,
-                               d.sample_temperature, seed, tokenizer)
+                               d.sample_temperature, seed, tokenizer,
+                               parallel.make_mesh(dict(config.mesh)),
+                               parallel.rules_from_config(config.sharding_rules))
   return prompts, ids, responses
 
 

@@ -18,8 +18,8 @@ from rlhf_jax import losses
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import ModelConfig, forward
 from rlhf_jax.reward.losses import ranking_loss, row_rewards
-from rlhf_jax.train.jit_steps import compile_steps
-from rlhf_jax.train.state import TrainState
+from rlhf_jax.jit_steps import compile_steps
+from rlhf_jax.train_state import TrainState
 
 BATCH_NDIMS = {"tokens": 3, "attention_mask": 3, "ranks": 2, "margin": 1}
 

@@ -64,6 +64,31 @@ def _origin(config) -> dict:
   return {"workdir": os.path.abspath(config.init.from_workdir), "step": step}
 
 
+def sample_records(params, model_cfg, tokenizer, prompts: list[list[int]], gold_fn, scfg,
+                   width: int, batch_size: int, seed: int, mesh, rules) -> list[dict]:
+  """One record per prompt: prompt, response, token count, EOS, summed log-prob (and gold).
+  Chunks of `batch_size` prompts, chunk `start` sampled with key PRNGKey(seed + start)."""
+  pad = tokenizer.pad_id
+  generate_fn = sampling.generator(model_cfg, scfg, tokenizer.eos_id, pad)
+  records = []
+  with jax.set_mesh(mesh):
+    for smp in sampling.sample_chunks(generate_fn, params, prompts,
+                                      lambda start: jax.random.PRNGKey(seed + start),
+                                      batch_size=batch_size, pad_id=pad, width=width, mesh=mesh,
+                                      rules=rules):
+      gold = (gold_fn(np.where(smp.prompt_mask_BxP, smp.prompt_BxP, pad),
+                      np.where(smp.mask_BxN, smp.tokens_BxN, pad)) if gold_fn else None)
+      for i, p in enumerate(prompts[smp.start:smp.start + smp.rows]):
+        ids = smp.response_ids(i)
+        rec = {"prompt": tokenizer.decode(p), "response": tokenizer.decode(ids),
+               "tokens": len(ids), "eos": bool(ids and ids[-1] == tokenizer.eos_id),
+               "logprob": float(smp.logprobs_BxN[i].sum())}
+        if gold is not None:
+          rec["gold"] = float(gold[i])
+        records.append(rec)
+  return records
+
+
 def run(config, workdir: str) -> dict:
   if config.stage != "sample":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'sample'")
@@ -96,28 +121,10 @@ def run(config, workdir: str) -> dict:
   if b % div:
     raise ConfigError(f"sampling.batch_size={b} does not divide over the mesh's batch axes "
                       f"(size {div})")
-  records = []
+  records = sample_records(params, model_cfg, tokenizer, prompts, gold_fn, scfg, width, b,
+                           config.seed, mesh, rules)
   origin = _origin(config)
-  with jax.set_mesh(mesh):
-    for start in range(0, len(prompts), b):
-      part = prompts[start:start + b]
-      padded = part + [part[-1]] * (b - len(part))
-      tok, mask = sampling.left_pad(padded, tokenizer.pad_id, width)
-      dev = parallel.put_batch({"t": tok, "m": mask}, mesh, rules)
-      out = sampling.generate(params, dev["t"], dev["m"], jax.random.PRNGKey(config.seed + start),
-                              model_cfg=model_cfg, cfg=scfg, eos_id=tokenizer.eos_id,
-                              pad_id=tokenizer.pad_id)
-      resp, rmask, logp = (parallel.to_host(out[k]) for k in ("tokens", "mask", "logprobs"))
-      gold = (gold_fn(np.where(mask, tok, tokenizer.pad_id),
-                      np.where(rmask, resp, tokenizer.pad_id)) if gold_fn else None)
-      for i, p in enumerate(part):
-        ids = [int(t) for t, m in zip(resp[i], rmask[i]) if m]
-        rec = {"prompt": tokenizer.decode(p), "response": tokenizer.decode(ids),
-               "tokens": len(ids), "eos": bool(ids and ids[-1] == tokenizer.eos_id),
-               "logprob": float(logp[i].sum())}
-        if gold is not None:
-          rec["gold"] = float(gold[i])
-        records.append({**rec, **origin})
+  records = [{**rec, **origin} for rec in records]
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:
