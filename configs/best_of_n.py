@@ -4,10 +4,12 @@ the data of rejection-sampling fine-tuning.
   python -m rlhf_jax.main --config=configs/best_of_n.py     # the pipeline's SFT policy and RM
   python -m rlhf_jax.main --config=configs/best_of_n.py --config.init.from_workdir=runs/ppo
   python -m rlhf_jax.main --config=configs/best_of_n.py:train   # rejection-sampling data
+  python -m rlhf_jax.main --config=configs/best_of_n.py:ilql    # ILQL's scored samples
   python -m rlhf_jax.main --config=configs/best_of_n.py:smollm2 # after configs/ppo.py:smollm2
 
 Writes `best_of_n.json` (RM and gold score and the analytic KL for each n) and `best_of_n.jsonl`
-(the best response per prompt at the largest n) to the workdir.
+(the best response per prompt at the largest n) and `best_of_n_samples.jsonl` (every sample
+with its token ids and scores: the offline data of configs/ilql.py) to the workdir.
 """
 
 import ml_collections as mc
@@ -18,8 +20,9 @@ from rlhf_jax.reward.combine import rewards_section
 
 def get_config(arg=None):
   preset, _ = config_base.parse_arg(arg)
-  if preset not in ("", "train", "smollm2"):
-    raise ValueError(f"configs/best_of_n.py: unknown preset {preset!r}; use train, smollm2")
+  if preset not in ("", "train", "ilql", "smollm2"):
+    raise ValueError(f"configs/best_of_n.py: unknown preset {preset!r}; use train, ilql, "
+                     "smollm2")
   c = config_base.base_config("best_of_n")
   c.init.from_workdir = "runs/pipeline/sft"  # the policy sampled (configs/ppo.py's SFT)
   c.reward = rewards_section()
@@ -41,6 +44,10 @@ def get_config(arg=None):
     c.data.builtin_train = 2000  # RL training prompts drawn (as configs/ppo.py's data)
     c.best_of_n.update(prompts="train", ns="16")
     c.workdir = "runs/best_of_n_train"
+  if preset == "ilql":  # ILQL's offline data: 4 scored SFT samples of 2,048 train prompts
+    c.data.builtin_train = 2048
+    c.best_of_n.update(prompts="train", ns="4")
+    c.workdir = "runs/best_of_n_ilql"
   if preset == "smollm2":  # after configs/ppo.py:smollm2's SFT and RM: best-of-4 on hh-rlhf
     config_base.smollm2(c)
     c.init.hf_checkpoint = ""

@@ -3,7 +3,7 @@
   python -m rlhf_jax.compare                      # runs what is not finished, then the table
   python -m rlhf_jax.compare --only=ppo,grpo --set=rl.iterations=60
 
-Runs `configs/{ppo,a2c,grpo,rloo,dpo,best_of_n}.py` and rejection-sampling fine-tuning
+Runs `configs/{ppo,a2c,grpo,rloo,dpo,best_of_n,ilql}.py` and rejection-sampling fine-tuning
 (`best_of_n.py:train`, then `sft.py:rejection_sampling`) in turn through `rlhf_jax.stages.run`
 (each skips or resumes what its workdir already holds, and the first runs the shared pipeline:
 pretraining, SFT, reward model), then reads what each wrote (`summary.json`, `eval_policy.json`,
@@ -26,6 +26,8 @@ PLAN = {
     "best_of_n": ("best_of_n",),
     # Llama 2's rejection sampling: best of 16 on training prompts, then SFT on those answers.
     "rejection_sampling": ("best_of_n:train", "sft:rejection_sampling"),
+    # ILQL: offline, from the SFT policy's scored samples (its config runs best_of_n:ilql).
+    "ilql": ("ilql",),
 }
 METHODS = tuple(PLAN)
 
@@ -99,6 +101,8 @@ def collect(configs_by_method: dict) -> list[dict]:
                  "kl": pe["kl"],
                  "samples": f"0 new; {c.train.steps} steps x {c.train.batch_size} of the RM's "
                             "ranked SFT samples"})
+  if "ilql" in configs:
+    rows.append(ilql_row(configs["ilql"]))
   if "rejection_sampling" in configs:
     from rlhf_jax.train.best_of_n_stage import parse_ns  # pylint: disable=g-import-not-at-top
     data_cfg, c = configs_by_method["rejection_sampling"][0], configs["rejection_sampling"]
@@ -109,6 +113,22 @@ def collect(configs_by_method: dict) -> list[dict]:
                  "samples": f"{prompts * parse_ns(b.ns)[-1]:,} ({prompts:,} train "
                             f"prompts x {b.ns}, best kept); {c.train.steps} SFT steps"})
   return rows
+
+
+def ilql_row(c) -> dict:
+  """The ILQL policy's row: its shaped decoding's gold score and KL from `eval_policy.json`."""
+  res = _load(os.path.join(c.workdir, "eval_policy.json"))
+  name = next(n for n in res if n.startswith("ILQL (beta"))
+  pe = res[name]
+  if c.data.source == "samples":
+    from rlhf_jax.train.best_of_n_stage import parse_ns  # pylint: disable=g-import-not-at-top
+    b = c.samples.best_of_n
+    prompts, n = b.num_prompts or c.samples.data.builtin_train, parse_ns(b.ns)[-1]
+    data = f"{prompts * n:,} scored SFT samples ({prompts:,} train prompts x {n}), offline"
+  else:
+    data = f"0 new; {os.path.basename(str(c.data.source))}, offline"
+  return {"method": name, "gold": pe["gold"], "kl": pe["kl"],
+          "samples": f"{data}; {c.train.steps} steps x {c.train.batch_size}"}
 
 
 def format_table(rows: list[dict]) -> str:

@@ -92,18 +92,27 @@ def compute_copy(params, model_cfg: ModelConfig):
   return jax.tree_util.tree_map_with_path(cast, params)
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg", "eos_id", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg", "eos_id", "pad_id", "hook"))
 def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig,
-             cfg: SamplingConfig, eos_id: int, pad_id: int):
+             cfg: SamplingConfig, eos_id: int, pad_id: int, hook=None):
   """Samples up to N=cfg.max_new_tokens tokens after each left-padded prompt.
 
   Returns dict: tokens [B, N] int32 (pad after EOS), mask [B, N] bool (True for generated tokens,
   the EOS included), logprobs [B, N] float32 (0 where mask is False).
+  hook: None, or a hashable logits transform with `split(params) -> (decoder params, extra)`
+  and `hook(extra, hidden_BxD, logits_BxV) -> logits_BxV`, applied to the logits of every step
+  before temperature and filtering (ILQL's advantage-shaped decoding, `rlhf_jax.ilql.decode`):
+  `params` is then the pytree `split` reads, and the log-probs are the transformed policy's.
   """
   b, p = prompt_BxP.shape
   n = cfg.max_new_tokens
   model = Decoder(model_cfg)
+  params, extra = (params, None) if hook is None else hook.split(params)
   params = compute_copy(params, model_cfg)  # cast once, not once per decode step
+  step_outputs = ("logits",) if hook is None else ("hidden", "logits")
+
+  def shape(out_hidden_Bx1xD, logits_BxV):
+    return logits_BxV if hook is None else hook(extra, out_hidden_Bx1xD[:, 0], logits_BxV)
   prompt_mask = prompt_mask_BxP.astype(bool)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
   prompt_len = jnp.sum(prompt_mask, axis=1)
@@ -112,7 +121,7 @@ def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig
                            outputs=("hidden",))
   # The LM head on the last column only: [B, P, V] float32 logits would be the largest array
   # of the program (19 GB at V = 152K, B = 64, P = 512) for one column read.
-  logits = lm_logits(model_cfg, params, out["hidden"][:, -1:])[:, 0]
+  logits = shape(out["hidden"][:, -1:], lm_logits(model_cfg, params, out["hidden"][:, -1:])[:, 0])
 
   def cond(carry):
     i, _, _, _, done, *_ = carry
@@ -128,9 +137,9 @@ def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig
     logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
     masks = masks.at[:, i].set(live)
     out, cache = model.apply({"params": params}, tok[:, None], live[:, None],
-                             (prompt_len + i)[:, None], cache)
-    return (i + 1, tokens, logps, masks, done | (tok == eos_id), cache, out["logits"][:, 0],
-            rng)
+                             (prompt_len + i)[:, None], cache, step_outputs)
+    return (i + 1, tokens, logps, masks, done | (tok == eos_id), cache,
+            shape(out.get("hidden"), out["logits"][:, 0]), rng)
 
   init = (jnp.zeros((), jnp.int32), jnp.full((b, n), pad_id, jnp.int32),
           jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n), bool), jnp.zeros((b,), bool), cache,
@@ -180,10 +189,12 @@ class Samples:
     return [int(t) for t in self.tokens_BxN[i][self.mask_BxN[i]]]
 
 
-def generator(model_cfg: ModelConfig, cfg: SamplingConfig, eos_id: int, pad_id: int) -> Callable:
+def generator(model_cfg: ModelConfig, cfg: SamplingConfig, eos_id: int, pad_id: int,
+              hook=None) -> Callable:
   """generate_fn(params, prompt_BxP, prompt_mask_BxP, rng) -> `generate`'s dict, for
-  `sample_batch` (the RL stage passes its own compiled one instead)."""
-  return functools.partial(generate, model_cfg=model_cfg, cfg=cfg, eos_id=eos_id, pad_id=pad_id)
+  `sample_batch` (the RL stage passes its own compiled one instead); `hook` as in `generate`."""
+  return functools.partial(generate, model_cfg=model_cfg, cfg=cfg, eos_id=eos_id, pad_id=pad_id,
+                           hook=hook)
 
 
 def put_prompts(prompts: list[list[int]], pad_id: int, width: int, mesh, rules):

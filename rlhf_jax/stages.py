@@ -24,6 +24,7 @@ STAGES = {
     "sample": "rlhf_jax.train.sample_stage",
     "best_of_n": "rlhf_jax.train.best_of_n_stage",
     "dpo": "rlhf_jax.train.dpo_stage",
+    "ilql": "rlhf_jax.train.ilql_stage",
     "iterative": "rlhf_jax.train.iterative_stage",
 }
 

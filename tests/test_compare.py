@@ -30,12 +30,18 @@ def test_collect_builds_one_row_per_method(tmp_path):
          {"1": {"gold": 1.5, "kl_upper_bound": 0.0, "kl_estimate": 0.0},
           "4": {"gold": 2.0, "kl_upper_bound": 0.636, "kl_estimate": 0.41},
           "16": {"gold": 2.4, "kl_upper_bound": 1.835, "kl_estimate": 1.27}})
+  _write(str(tmp_path / "ilql0" / "eval_policy.json"),
+         {"SFT (reference)": {"gold": 1.5, "kl": 0.0}, "ILQL LM head": {"gold": 1.6, "kl": 0.2},
+          "ILQL (beta 1)": {"gold": 2.1, "kl": 0.9}})
   _write(str(tmp_path / "rejection_sampling1" / "eval_policy.json"),
          {"start (reference)": {"gold": 1.5, "kl": 0.0}, "SFT": {"gold": 2.2, "kl": 1.1}})
   rows = compare.collect(configs)
   names = [r["method"] for r in rows]
   assert names == ["SFT (reference)", "best-of-4", "best-of-16", "PPO", "A2C", "GRPO", "RLOO",
-                   "DPO (dpo, beta 0.1)", "rejection sampling (RS-FT)"]
+                   "DPO (dpo, beta 0.1)", "ILQL (beta 1)", "rejection sampling (RS-FT)"]
+  ilql = rows[names.index("ILQL (beta 1)")]  # the shaped policy's figures, not the LM head's
+  assert ilql["gold"] == 2.1 and ilql["kl"] == 0.9
+  assert ilql["samples"].startswith("8,192 scored SFT samples (2,048 train prompts x 4)")
   rs = rows[-1]
   assert rs["gold"] == 2.2 and rs["samples"].startswith("32,000 (2,000 train prompts x 16")
   grpo = rows[names.index("GRPO")]

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rlhf_jax")
 
 # What sits below the stages: packages (every module under them) and single modules.
-LOWER = ("models", "data", "rl", "reward", "dpo", "sampling.py", "jit_steps.py",
+LOWER = ("models", "data", "rl", "reward", "dpo", "ilql", "sampling.py", "jit_steps.py",
          "train_state.py", "workdir_model.py", "checkpoint.py", "nonfinite.py", "losses.py",
          "metrics.py", "parallel.py", "distributed.py", "errors.py")
 # What sits above them: the stages and the entry points.

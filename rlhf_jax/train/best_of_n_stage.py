@@ -15,7 +15,8 @@ gold score on the built-in task and two KLs of best-of-n to the sampling policy:
                   distinct responses and frequencies), averaged over prompts; see
                   docs/best_of_n.md for what it assumes and its bias.
 It prints a table and writes `best_of_n.json` and `best_of_n.jsonl` (the best response of each
-prompt at the largest n, as prompt/response records). With `best_of_n.prompts="train"` it
+prompt at the largest n, as prompt/response records) and `best_of_n_samples.jsonl` (every
+sample with its token ids and scores: the data of offline RL, `configs/ilql.py`). With `best_of_n.prompts="train"` it
 samples the RL training prompts instead: the data of rejection-sampling fine-tuning, Llama 2's
 "RS" step, which `configs/sft.py:rejection_sampling` fine-tunes the SFT policy on
 (`configs/best_of_n.py:train` writes it where that preset reads it).
@@ -39,6 +40,7 @@ from rlhf_jax.train import model_init, rl_data
 
 RESULT_FILE = "best_of_n.json"
 SAMPLES_FILE = "best_of_n.jsonl"
+ALL_SAMPLES_FILE = "best_of_n_samples.jsonl"  # every sample with its scores: ILQL's data
 
 
 def kl_upper_bound(n: int) -> float:
@@ -196,6 +198,24 @@ def run(config, workdir: str) -> dict:
         f.write(json.dumps({"prompt": tokenizer.decode(p),
                             "response": texts[i * n_max + int(best[i])],
                             "rm_score": float(rm_pn[i, best[i]])}) + "\n")
+    write_all_samples(os.path.join(workdir, ALL_SAMPLES_FILE), tokenizer, prompts, keys_pn,
+                      texts, rm_pn, gold_pn)
     for line in lines:
       print(line, flush=True)
   return {"results": results}
+
+
+def write_all_samples(path: str, tokenizer, prompts, keys_pn, texts, rm_pn, gold_pn) -> None:
+  """One JSON line per sample, prompt-major: prompt and response as text and as token ids
+  (read back exactly by `rlhf_jax.data.scored`), the RM score and, on the built-in task, the
+  gold score."""
+  n = rm_pn.shape[1]
+  with open(path, "w", encoding="utf-8") as f:
+    for i, p in enumerate(prompts):
+      text = tokenizer.decode(p)
+      for k in range(n):
+        rec = {"prompt": text, "response": texts[i * n + k], "prompt_ids": [int(t) for t in p],
+               "response_ids": list(keys_pn[i][k]), "rm_score": float(rm_pn[i, k])}
+        if gold_pn is not None:
+          rec["gold"] = float(gold_pn[i, k])
+        f.write(json.dumps(rec) + "\n")

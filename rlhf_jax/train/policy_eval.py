@@ -26,7 +26,8 @@ POLICY_EVAL_FILE = "eval_policy.json"
 
 
 def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict, *,
-                      prompts=None, gold_fn=None, reward=None, keep: int = 0) -> dict:
+                      prompts=None, gold_fn=None, reward=None, keep: int = 0,
+                      samplers=None) -> dict:
   """{name: {"kl", "length", "eos_rate", "prompts", ...}} of each policy on held-out prompts,
   sampled with `config.eval_policy`'s settings and the RL stage's evaluation keys, so a policy
   gets the answers the RL stage's held-out evaluation would give it. The KL is to the first
@@ -37,7 +38,10 @@ def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict,
   score. gold_fn(prompt_BxP, response_BxN) -> [B] adds "gold" and "gold_std". reward:
   (reward_models, rule) adds "rm_score" and "rm_score_std", the combined normalised score the
   RL stage reports. keep: the first `keep` responses of each policy come back as text under
-  "answers"."""
+  "answers". samplers: {name: generate_fn} for policies sampled by their own generate
+  function (`sampling.generator` with a logits hook: ILQL's shaped decoding); their params are
+  what that function reads, and their log-probs in the KL are the sampler's own (at the
+  sampling temperature, before any top-k filter), not a teacher-forced pass of a plain LM."""
   e = config.eval_policy
   if prompts is None:
     prompts = rl_data.builtin_prompts(e.prompts, "eval", config.seed)
@@ -56,12 +60,17 @@ def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict,
   pad = tokenizer.pad_id
   generate_fn = sampling.generator(model_cfg, scfg, tokenizer.eos_id, pad)
 
-  def columns(smp: sampling.Samples, params):
+  samplers = samplers or {}
+
+  def columns(smp: sampling.Samples, params, own_sampler: bool):
     """One batch of one policy: {column: [n]} of its n real rows."""
     full_t, full_m = smp.rows_on_mesh()
     width = smp.prompt_BxP.shape[1]
     rp = parallel.to_host(logps(ref, full_t, full_m, width))
-    lp = rp if params is ref else parallel.to_host(logps(params, full_t, full_m, width))
+    if own_sampler:
+      lp = smp.logprobs_BxN
+    else:
+      lp = rp if params is ref else parallel.to_host(logps(params, full_t, full_m, width))
     resp, rmask = smp.tokens_BxN, smp.mask_BxN
     col = {"kl": np.where(rmask, lp - rp, 0.0).sum(axis=1), "length": rmask.sum(axis=1),
            "eos": np.any(rmask & (resp == tokenizer.eos_id), axis=1)}
@@ -76,11 +85,11 @@ def evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies: dict,
   with jax.set_mesh(mesh):
     for name, params in policies.items():
       cols, responses = [], []
-      for smp in sampling.sample_chunks(generate_fn, params, prompts,
+      for smp in sampling.sample_chunks(samplers.get(name, generate_fn), params, prompts,
                                         lambda start: jax.random.fold_in(eval_key, start),
                                         batch_size=e.batch_size, pad_id=pad,
                                         width=e.max_prompt_len, mesh=mesh, rules=rules):
-        cols.append(columns(smp, params))
+        cols.append(columns(smp, params, name in samplers))
         wanted = min(max(keep - len(responses), 0), smp.rows)
         responses += [smp.response_ids(i) for i in range(wanted)]
       answers = [tokenizer.decode(r) for r in responses]
