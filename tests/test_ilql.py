@@ -131,9 +131,9 @@ def _sample(beta=None):
                                                        top_k=12), eos_id=1, pad_id=0)
   if beta is None:
     return prompt, mask, sampling.generate(params, prompt, mask, jax.random.PRNGKey(7), **kw)
-  full = decode.sampler_params(params, h, heads.target_of(h))
+  full = decode.sampler_params(params, h, heads.target_of(h), beta)
   return prompt, mask, sampling.generate(full, prompt, mask, jax.random.PRNGKey(7),
-                                         hook=decode.ShapedLogits(cfg, 24, beta), **kw)
+                                         hook=decode.ShapedLogits(cfg, 24), **kw)
 
 
 def test_beta_zero_decoding_reproduces_the_base_policys_samples_bitwise():
@@ -156,8 +156,9 @@ def test_shaped_decoding_samples_the_shaped_policy():
   toks = jnp.concatenate([prompt, out["tokens"]], 1)
   m = jnp.concatenate([mask, out["mask"]], 1)
   hid = forward(cfg, params, toks, m, outputs=("hidden",))["hidden"][:, 4:-1]
-  hook = decode.ShapedLogits(cfg, 24, 1.5)
-  shaped = hook({"heads": h, "target": heads.target_of(h)}, hid, lm_logits(cfg, params, hid))
+  hook = decode.ShapedLogits(cfg, 24)
+  shaped = hook({"heads": h, "target": heads.target_of(h), "beta": 1.5}, hid,
+                lm_logits(cfg, params, hid))
   lp = jnp.take_along_axis(jax.nn.log_softmax(shaped / 0.7, -1), out["tokens"][..., None],
                            -1)[..., 0]
   np.testing.assert_allclose(np.where(out["mask"], lp, 0), out["logprobs"], atol=2e-4)

@@ -18,6 +18,7 @@ class ILQLConfig:
   beta: float = 1.0  # decoding: logits + beta·(Q − V); 0 is the LM head's own policy
   top_k: int = 0  # decoding: sample among the k best shaped logits; 0 disables
   max_response_len: int = 40  # response slots of a training row (longer responses are skipped)
+  eval_betas: str = ""  # more β to evaluate at the end, e.g. "2,4" (one compiled sampler)
 
   def __post_init__(self):
     checks = (("tau", 0 < self.tau < 1, "must be in (0, 1)"),
@@ -32,6 +33,18 @@ class ILQLConfig:
     for name, ok, why in checks:
       if not ok:
         raise ConfigError(f"ilql.{name}={getattr(self, name)!r} {why}")
+    self.betas()
+
+  def betas(self) -> list[float]:
+    """ilql.beta, then every β of ilql.eval_betas not equal to it."""
+    try:
+      more = [float(x) for x in str(self.eval_betas).split(",") if x.strip()]
+    except ValueError:
+      raise ConfigError(f"ilql.eval_betas={self.eval_betas!r}: expected numbers separated by "
+                        "commas") from None
+    if any(b < 0 for b in more):
+      raise ConfigError(f"ilql.eval_betas={self.eval_betas!r}: every beta must be >= 0")
+    return [self.beta] + [b for b in dict.fromkeys(more) if b != self.beta]
 
   @classmethod
   def from_dict(cls, d) -> "ILQLConfig":

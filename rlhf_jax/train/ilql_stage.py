@@ -137,10 +137,10 @@ def held_out_losses(run_eval, state, items, batch_size, p_width, n, pad_id, mesh
   for s in range(0, len(items), batch_size):
     b = scored_lib.pad_scored(items[s:s + batch_size], p_width, n, pad_id, rows=batch_size)
     mine = {k: v[lo:lo + per] for k, v in b.items()}
-    out = parallel.to_host(run_eval(state.params, state.heads, state.target,
-                                    parallel.put_batch(mine, mesh, rules)))
+    out = run_eval(state.params, state.heads, state.target,
+                   parallel.put_batch(mine, mesh, rules))
     for k, v in out.items():
-      sums[k] = sums.get(k, 0.0) + float(np.asarray(v))
+      sums[k] = sums.get(k, 0.0) + float(parallel.to_host(v))
   count = max(sums.pop("tokens", 0.0), 1.0)
   return {f"eval_{k}": v / count for k, v in sums.items()}
 
@@ -187,12 +187,14 @@ def final_evaluation(config, model_cfg, width, ic, tokenizer, mesh, rules, ref_p
   e = config.eval_policy
   scfg = sampling.SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature,
                                  top_k=ic.top_k)
-  hook = decode.ShapedLogits(model_cfg, width, ic.beta)
-  name = f"ILQL (beta {ic.beta:g})"
-  policies = {"SFT (reference)": ref_params, "ILQL LM head": state.params,
-              name: decode.sampler_params(state.params, state.heads, state.target)}
-  samplers = {name: sampling.generator(model_cfg, scfg, tokenizer.eos_id, tokenizer.pad_id,
-                                       hook)}
+  shaped = sampling.generator(model_cfg, scfg, tokenizer.eos_id, tokenizer.pad_id,
+                              decode.ShapedLogits(model_cfg, width))
+  policies = {"SFT (reference)": ref_params, "ILQL LM head": state.params}
+  samplers = {}
+  for beta in ic.betas():  # one compiled sampler: β is in its params
+    name = f"ILQL (beta {beta:g})"
+    policies[name] = decode.sampler_params(state.params, state.heads, state.target, beta)
+    samplers[name] = shaped
   return policy_eval_lib.evaluate_policies(config, model_cfg, tokenizer, mesh, rules, policies,
                                            reward=reward, samplers=samplers)
 

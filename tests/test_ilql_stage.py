@@ -1,0 +1,99 @@
+"""The ILQL stage end to end on the tiny built-in pipeline: the best-of-n stage's scored
+samples as its data, evals of the held-out losses, the final table (gold, RM score, KL to the
+SFT policy), and a resumed run equal to an uninterrupted one bitwise."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax import config_base, smoke, stages
+from rlhf_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(root):
+  c = config_base.from_file(os.path.join(REPO, "configs", "ilql.py"))
+  config_base.apply_overrides(c, {k: v for k, v in {**smoke.PIPELINE,
+                                                    **smoke.workdirs(root)}.items()
+                                  if k.startswith("pipeline.")})
+  c.samples.workdir = os.path.join(root, "samples")
+  c.samples.data.builtin_train = 64
+  c.samples.best_of_n.update(num_prompts=24, prompts_per_call=4, max_new_tokens=8)
+  c.ilql.update(max_response_len=8, polyak=0.5)
+  c.data.eval_fraction = 0.25
+  c.optim.learning_rate = 1e-3
+  c.train.update(steps=6, batch_size=8, log_every=2, eval_every=3, checkpoint_every=3)
+  c.eval_policy.update(prompts=16, batch_size=8, max_new_tokens=8)
+  return c
+
+
+def _log(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["stage"] == "ilql"]
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("ilql"))
+  c = _config(root)
+  return root, stages.run(c, os.path.join(root, "full"))
+
+
+def test_ilql_on_the_sft_policys_scored_samples(full):
+  root, out = full
+  with open(os.path.join(root, "samples", "best_of_n_samples.jsonl")) as f:
+    recs = [json.loads(l) for l in f]
+  assert len(recs) == 24 * 4 and all({"prompt_ids", "response_ids", "rm_score", "gold"} <= set(r)
+                                     for r in recs)
+  rows = _log(os.path.join(root, "full"))
+  evals = [r for r in rows if "eval_q_loss" in r]
+  train = [r for r in rows if "cql_loss" in r and "eval_q_loss" not in r]
+  assert [r["step"] for r in evals] == [0, 3, 6] and len(train) == 3
+  assert all(np.isfinite(r["loss"]) and r["nonfinite"] == 0 for r in train)
+  assert evals[-1]["eval_q_loss"] < evals[0]["eval_q_loss"]  # Q learns the returns
+  pe = out["policy_eval"]
+  assert list(pe) == ["SFT (reference)", "ILQL LM head", "ILQL (beta 1)"]
+  assert pe["SFT (reference)"]["kl"] == 0
+  assert all(np.isfinite(v["gold"]) and np.isfinite(v["rm_score"]) for v in pe.values())
+  assert pe["ILQL (beta 1)"]["gold"] != pe["ILQL LM head"]["gold"]
+  with open(os.path.join(root, "full", "eval_policy.json")) as f:
+    assert json.load(f) == pe
+  # The workdir's params are the policy's: a later stage reads it as an SFT workdir.
+  with open(os.path.join(root, "full", "model.json")) as f:
+    assert json.load(f)["heads"] == "lm"
+
+
+def test_resumed_ilql_run_equals_uninterrupted_bitwise(full, tmp_path):
+  root, out = full
+  c = _config(root)
+  c.eval_policy.prompts = 0  # the final table does not touch the state
+  c.train.stop_at = 3
+  part = stages.run(c, str(tmp_path))
+  assert part["step"] == 3
+  c.train.stop_at = 0
+  resumed = stages.run(c, str(tmp_path))
+  assert resumed["step"] == 6
+  a, b = jax.device_get(out["state"]), jax.device_get(resumed["state"])
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  last = lambda w: [r for r in _log(w) if r["step"] == 6 and "eval_q_loss" in r][-1]  # noqa
+  assert last(os.path.join(root, "full")) == last(str(tmp_path))
+
+
+def test_bad_ilql_inputs_stop_with_one_clear_error(tmp_path):
+  c = _config(str(tmp_path))
+  c.ilql.tau = 1.5
+  with pytest.raises(ConfigError, match="ilql.tau=1.5"):
+    stages.run(c, str(tmp_path / "a"))
+  c = _config(str(tmp_path))
+  c.model.lora_rank = 4
+  c.data.source = str(tmp_path / "missing.jsonl")
+  c.pipeline.run_upstream = False
+  with pytest.raises(Exception, match="missing.jsonl|lora_rank|has no model.json"):
+    stages.run(c, str(tmp_path / "b"))
