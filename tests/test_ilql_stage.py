@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import config_base, smoke, stages
-from rlhf_jax.errors import ConfigError
+from rlhf_jax.errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,14 +86,17 @@ def test_resumed_ilql_run_equals_uninterrupted_bitwise(full, tmp_path):
   assert last(os.path.join(root, "full")) == last(str(tmp_path))
 
 
-def test_bad_ilql_inputs_stop_with_one_clear_error(tmp_path):
-  c = _config(str(tmp_path))
+def test_bad_ilql_inputs_stop_with_one_clear_error(full, tmp_path):
+  root = full[0]
+  c = _config(root)
   c.ilql.tau = 1.5
-  with pytest.raises(ConfigError, match="ilql.tau=1.5"):
+  with pytest.raises(ConfigError, match=r"ilql.tau=1.5 must be in \(0, 1\)"):
     stages.run(c, str(tmp_path / "a"))
-  c = _config(str(tmp_path))
-  c.model.lora_rank = 4
+  c = _config(root)
   c.data.source = str(tmp_path / "missing.jsonl")
-  c.pipeline.run_upstream = False
-  with pytest.raises(Exception, match="missing.jsonl|lora_rank|has no model.json"):
+  with pytest.raises(DataError, match="missing.jsonl' does not exist"):
     stages.run(c, str(tmp_path / "b"))
+  c = _config(root)
+  c.model.lora_rank = 4
+  with pytest.raises(ConfigError, match="model.lora_rank must be 0"):
+    stages.run(c, str(tmp_path / "c"))

@@ -92,7 +92,8 @@ def run(config, workdir: str) -> dict:
       writer=writer, flops_per_token=3 * model_cfg.flops_per_token(p_width + ic.max_response_len),
       peak_flops=metrics.peak_flops(tc.peak_tflops))
   policy_eval = None
-  if step >= tc.steps and lm_data.tokenizer_spec(config) == "builtin" and config.eval_policy.prompts:
+  builtin = lm_data.tokenizer_spec(config) == "builtin"
+  if step >= tc.steps and builtin and config.eval_policy.prompts:
     policy_eval = final_evaluation(config, model_cfg, width, ic, tokenizer, mesh, rules,
                                    ref_params, state)
     policy_eval_lib.write(workdir, policy_eval, "ilql", writer)
