@@ -39,8 +39,9 @@ def run(config, workdir: str) -> dict:
   if config.stage != "reward":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'reward'")
   tc = config.train
-  if tc.get("norm_comparisons", NORM_COMPARISONS) < 1:
-    raise ConfigError(f"train.norm_comparisons={tc.norm_comparisons} must be >= 1 (the reward "
+  norm_n = tc.get("norm_comparisons", NORM_COMPARISONS)
+  if norm_n < 1:
+    raise ConfigError(f"train.norm_comparisons={norm_n} must be >= 1 (the reward "
                       "normalisation is fitted on that many training comparisons' responses)")
   mesh, rules, writer, ckpt, latest = stage_setup(config, workdir, "reward")
   lc = RMLossConfig(**dict(config.loss))
@@ -101,7 +102,7 @@ def run(config, workdir: str) -> dict:
     held = data.load_eval()
     writer.text(f"[reward] {held.summary}")
     k = max([data.k] + [c.k for c in held.comps])
-    norm_comps = data.train[:tc.get("norm_comparisons", NORM_COMPARISONS)]
+    norm_comps = data.train[:norm_n]
     report = _finish(config, workdir, held, k, eval_rewards(state.params, held.comps, k),
                      norm_comps, eval_rewards(state.params, norm_comps), data.k, writer)
   writer.close()
