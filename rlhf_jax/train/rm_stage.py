@@ -39,6 +39,10 @@ def run(config, workdir: str) -> dict:
   if config.stage != "reward":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'reward'")
   tc = config.train
+  norm_n = tc.get("norm_comparisons", NORM_COMPARISONS)
+  if norm_n < 1:
+    raise ConfigError(f"train.norm_comparisons={norm_n} must be >= 1 (the reward "
+                      "normalisation is fitted on that many training comparisons' responses)")
   mesh, rules, writer, ckpt, latest = stage_setup(config, workdir, "reward")
   lc = RMLossConfig(**dict(config.loss))
   heads = lc.heads  # "score", or "lm+score" with the language-modelling regulariser
@@ -98,7 +102,7 @@ def run(config, workdir: str) -> dict:
     held = data.load_eval()
     writer.text(f"[reward] {held.summary}")
     k = max([data.k] + [c.k for c in held.comps])
-    norm_comps = data.train[:NORM_COMPARISONS]
+    norm_comps = data.train[:norm_n]
     report = _finish(config, workdir, held, k, eval_rewards(state.params, held.comps, k),
                      norm_comps, eval_rewards(state.params, norm_comps), data.k, writer)
   writer.close()
@@ -106,7 +110,8 @@ def run(config, workdir: str) -> dict:
           "compiled": {"train": train_step.jitted, "eval": eval_step.jitted}}
 
 
-# Normalisation: the responses of this many training comparisons (the first, in file order).
+# Normalisation: the responses of this many training comparisons (the first, in file order),
+# unless train.norm_comparisons says otherwise.
 NORM_COMPARISONS = 2048
 # Without a validation slice, periodic evaluations read this many training comparisons.
 PERIODIC_TRAIN_COMPARISONS = 512
