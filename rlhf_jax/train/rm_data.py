@@ -47,6 +47,26 @@ class RMData:
   settings: dict = dataclasses.field(default_factory=dict)  # how records become rows
 
 
+# Without a validation slice, periodic evaluations read this many training comparisons.
+PERIODIC_TRAIN_COMPARISONS = 512
+
+
+def periodic_eval_set(data, tc):
+  """(comparisons, metric prefix, what they are): the validation slice when there is one, else
+  the first training comparisons (a measure of fit, not of generalisation, and named so);
+  never the held-out split."""
+  if data.valid:
+    comps, prefix = data.valid, "valid"
+    what = f"the validation slice ({{n}} comparisons)"
+  else:
+    comps, prefix = data.train[:PERIODIC_TRAIN_COMPARISONS], "train_slice"
+    what = ("{n} training comparisons (no validation slice: data.valid_fraction=0; they "
+            "measure fit, not generalisation)")
+  if tc.eval_batches:
+    comps = comps[:tc.eval_batches * tc.batch_size]
+  return comps, prefix, what.format(n=len(comps))
+
+
 def comparison_config(config) -> cmp.ComparisonConfig:
   d = config.data
   return cmp.ComparisonConfig(

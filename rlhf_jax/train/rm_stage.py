@@ -81,7 +81,7 @@ def run(config, workdir: str) -> dict:
       out.append(np.asarray(eval_step(params, put(mine))["rewards"])[:len(part)])
     return np.concatenate(out)
 
-  eval_comps, prefix, what = periodic_eval_set(data, tc)
+  eval_comps, prefix, what = rm_data.periodic_eval_set(data, tc)
   writer.text(f"[reward] periodic evaluations read {what}; the held-out split is read once, "
               "after training")
 
@@ -113,26 +113,6 @@ def run(config, workdir: str) -> dict:
 # Normalisation: the responses of this many training comparisons (the first, in file order),
 # unless train.norm_comparisons says otherwise.
 NORM_COMPARISONS = 2048
-# Without a validation slice, periodic evaluations read this many training comparisons.
-PERIODIC_TRAIN_COMPARISONS = 512
-
-
-def periodic_eval_set(data, tc):
-  """(comparisons, metric prefix, what they are): the validation slice when there is one, else
-  the first training comparisons (a measure of fit, not of generalisation, and named so);
-  never the held-out split."""
-  if data.valid:
-    comps, prefix = data.valid, "valid"
-    what = f"the validation slice ({{n}} comparisons)"
-  else:
-    comps, prefix = data.train[:PERIODIC_TRAIN_COMPARISONS], "train_slice"
-    what = ("{n} training comparisons (no validation slice: data.valid_fraction=0; they "
-            "measure fit, not generalisation)")
-  if tc.eval_batches:
-    comps = comps[:tc.eval_batches * tc.batch_size]
-  return comps, prefix, what.format(n=len(comps))
-
-
 def _tokenizer(config, workdir):
   """(tokenizer, the spec a later stage loads it by); "bpe:N" trains one on the training split
   the first time and reads it from <workdir>/tokenizer after."""
