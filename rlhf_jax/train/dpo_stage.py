@@ -77,16 +77,12 @@ def run(config, workdir: str) -> dict:
 
   def implicit_rewards(params, comps):
     """Implicit-reward metrics of `comps`, in fixed-shape batches (one compile per K)."""
-    bs, k, logp, ref = tc.batch_size, max([data.k] + [c.k for c in comps]), [], []
-    for s in range(0, len(comps), bs):
-      part = comps[s:s + bs]
-      b = cmp.pad_comparisons(part, k, seq_len, tokenizer.pad_id, rows=bs, response_mask=True)
-      per = bs // jax.process_count()
-      mine = {key: v[jax.process_index() * per:(jax.process_index() + 1) * per]
-              for key, v in b.items()}
+    k, logp, ref = max([data.k] + [c.k for c in comps]), [], []
+    for n, mine in rm_data.eval_batches(comps, k, tc.batch_size, seq_len, tokenizer.pad_id,
+                                        response_mask=True):
       out = run_eval(params, ref_params, put(mine))
-      logp.append(parallel.to_host(out["logp"])[:len(part)])
-      ref.append(parallel.to_host(out["ref_logp"])[:len(part)])
+      logp.append(parallel.to_host(out["logp"])[:n])
+      ref.append(parallel.to_host(out["ref_logp"])[:n])
     return implicit_reward_metrics(np.concatenate(logp), np.concatenate(ref),
                                    cmp.rank_matrix(comps, k), dc.beta)
 

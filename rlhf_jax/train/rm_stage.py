@@ -70,16 +70,9 @@ def run(config, workdir: str) -> dict:
 
   def eval_rewards(params, comps, k=data.k):
     """float32[N, K] rewards of `comps`, in fixed-shape batches (one compile per K)."""
-    bs, n = tc.batch_size, len(comps)
-    out = []
-    for s in range(0, n, bs):
-      part = comps[s:s + bs]
-      b = cmp.pad_comparisons(part, k, seq_len, tokenizer.pad_id, rows=bs)
-      per = bs // jax.process_count()
-      mine = {key: v[jax.process_index() * per:(jax.process_index() + 1) * per]
-              for key, v in b.items()}
-      out.append(np.asarray(eval_step(params, put(mine))["rewards"])[:len(part)])
-    return np.concatenate(out)
+    return np.concatenate([
+        np.asarray(eval_step(params, put(mine))["rewards"])[:n]
+        for n, mine in rm_data.eval_batches(comps, k, tc.batch_size, seq_len, tokenizer.pad_id)])
 
   eval_comps, prefix, what = rm_data.periodic_eval_set(data, tc)
   writer.text(f"[reward] periodic evaluations read {what}; the held-out split is read once, "
