@@ -48,7 +48,7 @@ def _checkable(c) -> None:
   sft = config_base.sibling(__file__, "sft")
   sft.workdir = "runs/pipeline_checkable/sft"
   sft.data.update(source="builtin:checkable", builtin_train=8000, builtin_eval=128, max_len=24)
-  sft.train.update(steps=800, eval_every=200, checkpoint_every=400, num_samples=3,
+  sft.train.update(steps=1500, eval_every=500, checkpoint_every=500, num_samples=3,
                    sample_tokens=8)
   sft.optim.learning_rate = 2e-3
   c.pipeline = mc.ConfigDict({"run_upstream": True, "sft": sft})
@@ -56,10 +56,10 @@ def _checkable(c) -> None:
   c.data.update(source="builtin:checkable", builtin_train=4096, builtin_eval=128,
                 max_prompt_len=16)
   c.reward.update(models="", functions="checkable", pass_n=8, pass_k="1,8")
-  c.rl.update(iterations=60, rollout_batch=64, group_size=8, max_new_tokens=8, epochs=2,
+  c.rl.update(iterations=200, rollout_batch=64, group_size=8, max_new_tokens=8, epochs=2,
               minibatches=2, kl_coef=0.01, adaptive_kl=False, missing_eos_score=-1.0)
-  c.optim.learning_rate = 3e-4
-  c.train.update(log_every=5, eval_every=60, checkpoint_every=30, num_samples=3)
+  c.optim.learning_rate = 5e-4
+  c.train.update(log_every=20, eval_every=200, checkpoint_every=100, num_samples=3)
 
 
 def _gsm8k(c, smoke: bool) -> None:

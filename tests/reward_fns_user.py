@@ -37,3 +37,8 @@ def hangs(prompt, response, meta):
 def not_a_number(prompt, response, meta):
   del prompt, response, meta
   return "yes"
+
+
+def always_raises(prompt, response, meta):
+  del prompt, response, meta
+  raise RuntimeError("the checker crashed")

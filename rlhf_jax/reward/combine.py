@@ -86,13 +86,14 @@ def rewards_section() -> mc.ConfigDict:
       # built-in names (gsm8k, gsm8k_format, length_penalty, checkable) or "module:function",
       # each optionally "name=..."; docs/reward_functions.md.
       "functions": "",
-      "function_kwargs": "",  # JSON {"name": {"arg": value}}, e.g. '{"length_penalty": {"max_words": 300}}'
+      # Keyword arguments per function, JSON: '{"length_penalty": {"max_words": 300}}'.
+      "function_kwargs": "",
       "function_timeout": 10.0,  # seconds a call may run before the run stops, naming it
       "function_workers": 8,  # threads calling the functions
       # Held-out pass@k: `pass_n` samples per held-out prompt (0 = none), judged right when the
       # `check` function (default: the first of reward.functions) scores them above 0.
-      "check": "",
-      "pass_n": 0,
+      "check": "",  # the judging function's name; "" = the first of reward.functions
+      "pass_n": 0,  # samples per held-out prompt; 0 = no pass@k evaluation
       "pass_k": "1",  # comma list of k <= pass_n
       "pass_prompts": 0,  # the first this many held-out prompts; 0 = all of them
   })
