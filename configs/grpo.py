@@ -48,7 +48,7 @@ def _checkable(c) -> None:
   sft = config_base.sibling(__file__, "sft")
   sft.workdir = "runs/pipeline_checkable/sft"
   sft.data.update(source="builtin:checkable", builtin_train=8000, builtin_eval=128, max_len=24)
-  sft.train.update(steps=1500, eval_every=500, checkpoint_every=500, num_samples=3,
+  sft.train.update(steps=800, eval_every=200, checkpoint_every=400, num_samples=3,
                    sample_tokens=8)
   sft.optim.learning_rate = 2e-3
   c.pipeline = mc.ConfigDict({"run_upstream": True, "sft": sft})

@@ -42,3 +42,12 @@ def not_a_number(prompt, response, meta):
 def always_raises(prompt, response, meta):
   del prompt, response, meta
   raise RuntimeError("the checker crashed")
+
+
+def logged(prompt, response, meta):
+  """1.0 for a right checkable answer, logging "pid<TAB>prompt" to $REWARD_FN_LOG per call (the
+  multi-process test counts each process's calls)."""
+  import os  # pylint: disable=g-import-not-at-top
+  with _LOCK, open(os.environ["REWARD_FN_LOG"], "a", encoding="utf-8") as f:
+    f.write(f"{os.getpid()}\t{prompt}\n")
+  return float(response.split()[-2:-1] == [meta["reference"]])

@@ -2,8 +2,7 @@
 answer from a wrong one.
 
 Two kinds of question, in the built-in vocabulary (`builtin_task.NUMBER_WORDS` and friends):
-- sums written in words: "Human: what is three plus four ? Assistant:" (each term 0-9, in
-  three wordings);
+- sums written in words: "Human: what is three plus four ? Assistant:" (each term 0-9);
 - counting named animals: "Human: how many animals are named in cat rose dog bread ?
   Assistant:" (2-5 nouns of any topic, the animals among them counted).
 The answer is written "the answer is seven ." and checked by
@@ -50,16 +49,9 @@ def last_number_word(text: str) -> int | None:
   return None
 
 
-# Three wordings of a sum: a held-out prompt's sum is usually seen in training in another one.
-_SUM_TEMPLATES = ("what is {a} plus {b} ?", "how many is {a} plus {b} ?",
-                  "{a} plus {b} is how many ?")
-
-
 def _sum_question(rng: np.random.Generator) -> tuple[str, int]:
   a, b = (int(x) for x in rng.integers(0, 10, size=2))
-  q = _SUM_TEMPLATES[int(rng.integers(len(_SUM_TEMPLATES)))].format(a=number_word(a),
-                                                                    b=number_word(b))
-  return f"Human: {q} Assistant:", a + b
+  return f"Human: what is {number_word(a)} plus {number_word(b)} ? Assistant:", a + b
 
 
 def _count_question(rng: np.random.Generator) -> tuple[str, int]:
