@@ -35,8 +35,8 @@ HARMLESS = (
     "workdir", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints", "train.stop_at", "train.num_samples",
     "train.sample_tokens", "train.sample_temperature", "train.peak_tflops",
-    "train.on_nonfinite", "train.max_nonfinite_skips", "mesh.*", "sharding_rules",
-    "model.remat", "model.attention", "pipeline.*", "eval_policy.*",
+    "train.on_nonfinite", "train.max_nonfinite_skips", "train.norm_comparisons", "mesh.*",
+    "sharding_rules", "model.remat", "model.attention", "pipeline.*", "eval_policy.*",
     "reward.function_timeout", "reward.function_workers", "reward.check", "reward.pass_*",
 )
 # Fields added after configs were first saved, with the value that means "as before": a saved

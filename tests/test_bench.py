@@ -77,6 +77,8 @@ def test_generate_and_train_records_end_to_end(tmp_path, capsys):
   assert 0 < gen["figures"]["fraction_of_hbm_bound"]
   assert {"jax", "flax", "optax", "python"} <= set(gen["versions"])
   assert sft["setting"]["loss"] == "sft" and rm["setting"]["loss"] == "rm"
+  # The tiny preset computes in float32; --dtype's default (bfloat16) is what was measured.
+  assert {r["setting"]["dtype"] for r in recs} == {"bfloat16"}
   # MFU is model FLOPs over the given peak: tokens/s × FLOPs per token / 1 TFLOP/s.
   for r in (sft, rm):
     f = r["figures"]
@@ -85,16 +87,19 @@ def test_generate_and_train_records_end_to_end(tmp_path, capsys):
   assert "generate batch=8" in capsys.readouterr().out
 
 
-def test_peer_runs_in_a_child_process_and_lands_in_the_table(tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_peer_runs_in_a_child_process_and_lands_in_the_table(tmp_path, capsys, dtype):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
   out = tmp_path / "b.jsonl"
   assert cli.main(["generate", "--shape=tiny", "--batch=8", "--prompt=8", "--new=4",
                    "--repeats=1", "--peak_tflops=1", "--gb_per_s=10", "--peer",
-                   f"--out={out}"]) == 0
+                   f"--dtype={dtype}", f"--out={out}"]) == 0
   recs = [json.loads(l) for l in out.read_text().splitlines()]
   assert [r["impl"] for r in recs] == ["rlhf_jax", "hf_transformers"]
-  assert recs[0]["key"] == recs[1]["key"]
+  # Both sides computed in the asked dtype, and the key says so: no cross-dtype pairing.
+  assert [r["setting"]["dtype"] for r in recs] == [dtype, dtype]
+  assert recs[0]["key"] == recs[1]["key"] and f"dtype={dtype}" in recs[0]["key"]
   assert {"torch", "transformers"} <= set(recs[1]["versions"])
   line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("generate batch=8"))
   assert line.split()[-1] != "" and "x" in line  # a ratio column

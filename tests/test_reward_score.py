@@ -3,8 +3,10 @@ texts (its truncation flips the token-count rule), the held-out split read only 
 (none of it before, normalisation on training responses), per-record rewards, and
 `python -m rlhf_jax.reward.score` giving the stage's own report through the same code path."""
 
+import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +16,9 @@ import pytest
 from rlhf_jax import stages
 from rlhf_jax.data import comparisons as cmp
 from rlhf_jax.data.tokenizer import load_tokenizer
+from rlhf_jax.errors import ConfigError
 from rlhf_jax.reward import model as rm_model
+from rlhf_jax.reward import score
 from rlhf_jax.train import rm_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,3 +160,24 @@ def test_score_command_bad_workdir_is_one_clear_line(tmp_path):
   assert proc.returncode == 2, proc.stderr
   assert "nope" in proc.stderr and "Traceback" not in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_normalisation_reads_train_norm_comparisons(run, tmp_path):
+  """train.norm_comparisons sets how many training comparisons the gain and bias are fitted on
+  (the SmolLM2 preset's 64: all 1,200 would be an hour of CPU forward passes); a finished run
+  resumed with it only redoes the end."""
+  wd = str(tmp_path / "rm")
+  shutil.copytree(run["wd"], wd)
+  c = copy.deepcopy(run["config"])
+  c.train.norm_comparisons = 10
+  stages.run(c, wd)
+  norm = rm_model.read_normalization(wd)
+  assert norm["n"] == 20 and "first 10 training comparisons" in norm["samples"]
+  score.run(wd, run["train"], out=os.path.join(wd, "train_scores.jsonl"))
+  with open(os.path.join(wd, "train_scores.jsonl")) as f:
+    raw = np.array([json.loads(line)["rewards"] for line in f])[:10]
+  np.testing.assert_allclose([raw.mean(), raw.std()], [norm["raw_mean"], norm["raw_std"]],
+                             rtol=1e-4, atol=1e-5)
+  c.train.norm_comparisons = 0
+  with pytest.raises(ConfigError, match="train.norm_comparisons=0 must be >= 1"):
+    stages.run(c, wd)

@@ -528,18 +528,34 @@ def _dpo_config(upstream, lr):
   return c
 
 
+def _ordered_pairs(path, n=None):
+  """Ordered (better, worse) pairs in the first `n` records of a comparisons file."""
+  recs = [json.loads(line) for line in open(path)][:n]
+  return sum(a < b for r in recs for a, b in itertools.permutations(r["ranking"], 2))
+
+
 @pytest.mark.parametrize("loss", ["dpo", "ipo"])
 def test_dpo_on_the_pipelines_comparisons(upstream, tmp_path, loss):
   c = _dpo_config(upstream, 1e-3)
   c.dpo.loss = loss
+  c.train.eval_batches = 1  # periodic evals: the first batch of training comparisons
   out = stages.run(c, str(tmp_path))
   rows = _log(str(tmp_path), "dpo")
   train = [r for r in rows if "reward_margin" in r]
-  evals = [r for r in rows if "eval_reward_accuracy" in r]
+  evals = [r for r in rows if "train_slice_reward_accuracy" in r]
   assert len(train) == 3 and [r["step"] for r in evals] == [0, 3, 6]
+  # No validation slice: periodic evals read 8 training comparisons; the held-out split is
+  # read once, after training, whole.
+  assert {r["train_slice_pairs"] for r in evals} == {
+      _ordered_pairs(f"{upstream}/reward/comparisons_train.jsonl", 8)}
+  held = [r for r in rows if "eval_pairs" in r]
+  assert [r["step"] for r in held] == [6]
+  assert held[0]["eval_pairs"] == _ordered_pairs(f"{upstream}/reward/comparisons_eval.jsonl")
   # Step 0: the policy is the reference, so every implicit reward is 0 and no pair is won.
-  assert evals[0]["eval_reward_margin"] == 0 and evals[0]["eval_reward_accuracy"] == 0
-  assert evals[-1]["eval_reward_margin"] > 0  # training separates chosen from rejected
+  assert evals[0]["train_slice_reward_margin"] == 0
+  assert evals[0]["train_slice_reward_accuracy"] == 0
+  assert evals[-1]["train_slice_reward_margin"] > 0  # training separates chosen from rejected
+  assert np.isfinite(held[0]["eval_reward_margin"])
   pe = out["policy_eval"]
   assert list(pe) == ["SFT (reference)", "DPO"] and pe["SFT (reference)"]["kl"] == 0
   assert pe["DPO"]["kl"] != 0 and all(np.isfinite(v["gold"]) for v in pe.values())
@@ -624,10 +640,10 @@ def test_dpo_with_lora_uses_the_base_as_reference(upstream, tmp_path):
   c.model.update(lora_rank=4, lora_alpha=16.0)
   out = stages.run(c, str(tmp_path))
   rows = _log(str(tmp_path), "dpo")
-  evals = [r for r in rows if "eval_reward_accuracy" in r]
+  evals = [r for r in rows if "train_slice_reward_accuracy" in r]
   train = [r for r in rows if "reward_margin" in r]
   # Step 0: the policy (fresh adapters) is its base, the reference: every margin is exactly 0.
-  assert evals[0]["eval_reward_margin"] == 0
+  assert evals[0]["train_slice_reward_margin"] == 0
   assert train[-1]["reward_margin"] > 0  # the adapters separate chosen from rejected
   pe = out["policy_eval"]
   assert pe["SFT (reference)"]["kl"] == 0 and pe["DPO"]["kl"] != 0

@@ -11,6 +11,8 @@ with the device synchronised before every clock read. Each measurement is one JS
 (`common.record`: what, implementation, device, software versions, setting, figures) appended
 to `--out`. `--peer` runs the same setting through the peer (Hugging Face `generate` and a
 PyTorch training step; TRL's GRPO trainer for `rl`) in a child process, so the two frameworks
-never share the accelerator's memory, and prints ours, theirs and the ratio.
+never share the accelerator's memory, and prints ours, theirs and the ratio. `--dtype` (bfloat16
+by default, or float32) is the compute dtype of both sides; a record pairs only with a peer's of
+the same dtype.
 Modules: `common` (clock, records), `hardware` (device limits), `ours`, `peers`, `__main__`.
 """

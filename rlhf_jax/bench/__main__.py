@@ -52,6 +52,9 @@ def parse(argv):
                  "xla, cudnn); default: the model's own (auto)")
   p.add_argument("--lora_rank", type=int, default=0,
                  help="rl, ours: LoRA adapters of this rank on policy and critic (0 = off)")
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                 help="compute dtype of ours and the peer alike (weights stay float32 master "
+                 "copies where a step trains them)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--impl", default="ours", choices=("ours", "hf", "trl"))
   p.add_argument("--peer", action="store_true", help="also run the peer, in a child process")
@@ -109,24 +112,26 @@ def measure(args) -> list[dict]:
     if args.what == "generate":
       if args.impl == "ours":
         out.append(ours.bench_generate(args.shape, b, args.prompt, args.new, args.repeats, gbs,
-                                       args.attention))
+                                       args.attention, args.dtype))
       else:
-        out.append(peers.hf_generate(args.shape, b, args.prompt, args.new, args.repeats))
+        out.append(peers.hf_generate(args.shape, b, args.prompt, args.new, args.repeats,
+                                     args.dtype))
     elif args.what == "train":
       for loss in args.losses:
         if args.impl == "ours":
           out.append(ours.bench_train(args.shape, loss, b, args.seq, args.repeats, args.remat,
-                                      peak, args.attention))
+                                      peak, args.attention, args.dtype))
         else:
-          out.append(peers.hf_train(args.shape, loss, b, args.seq, args.repeats, peak))
+          out.append(peers.hf_train(args.shape, loss, b, args.seq, args.repeats, peak,
+                                    args.dtype))
     elif args.what == "rl":
       if args.impl == "ours":
         out.append(ours.bench_rl_iteration(args.shape, b, args.prompt, args.new, args.epochs,
                                            args.minibatches, args.repeats, args.remat,
-                                           args.lora_rank, args.attention))
+                                           args.lora_rank, args.attention, args.dtype))
       else:
         out.append(peers.trl_grpo(args.shape, b, args.prompt, args.new, args.generations,
-                                  args.repeats))
+                                  args.repeats, dtype=args.dtype))
   return out
 
 

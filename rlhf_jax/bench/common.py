@@ -81,7 +81,8 @@ def record(what: str, impl: str, device: str, setting: dict, figures: dict,
 
 
 # The setting fields that make two records comparable (ours against a peer's).
-KEY_FIELDS = ("shape", "batch", "prompt", "new", "seq", "loss", "sampled_tokens", "lora_rank")
+KEY_FIELDS = ("shape", "batch", "prompt", "new", "seq", "loss", "sampled_tokens", "lora_rank",
+              "dtype")
 
 # For each measurement, the figure the report compares and whether higher is better.
 HEADLINE = {

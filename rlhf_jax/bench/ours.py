@@ -9,7 +9,9 @@
   the caller;
 - `rl_iteration`: one PPO iteration of `rl.compiled` (policy, separate critic, frozen reference,
   reward model, all at the shape): seconds split into generate / score / update.
-Weights are fp32 master copies with bf16 compute (the presets' dtype), as the stages hold them.
+Weights are fp32 master copies, as the stages hold them; compute is `dtype` (the command line's
+`--dtype`, bf16 by default), in the setting as "dtype" so a record pairs only with a peer's at
+the same compute dtype.
 Not for: peers (`peers`), device limits (`hardware`), the command line (`__main__`).
 """
 
@@ -68,9 +70,10 @@ def _frozen_params(cfg: ModelConfig, mesh, rules, seed: int, heads: str = "lm"):
 
 
 def bench_generate(shape: str, batch: int, prompt: int, new: int, repeats: int,
-                   gb_per_s: float | None = None, attention: str = "") -> dict:
+                   gb_per_s: float | None = None, attention: str = "",
+                   dtype: str = "") -> dict:
   from rlhf_jax.sampling import SamplingConfig, generate  # pylint: disable=g-import-not-at-top
-  cfg = model_config(shape, prompt + new, attention=attention)
+  cfg = model_config(shape, prompt + new, dtype, attention=attention)
   mesh, rules = _mesh_rules()
   params = _frozen_params(cfg, mesh, rules, 0)
   toks = parallel.put_batch({"t": _random_tokens(cfg, (batch, prompt))}, mesh, rules)["t"]
@@ -97,17 +100,17 @@ def bench_generate(shape: str, batch: int, prompt: int, new: int, repeats: int,
                    fraction_of_hbm_bound=figures["tokens_per_s"] / bound,
                    decode_steps_per_s_bound=bound / batch)
   setting = {"shape": shape, "batch": batch, "prompt": prompt, "new": new,
-             "params_M": round(cfg.num_params() / 1e6, 1), "compute": cfg.dtype,
+             "params_M": round(cfg.num_params() / 1e6, 1), "dtype": cfg.dtype,
              "weights": cfg.param_dtype, "sampling": "temperature 1, full vocabulary",
              "attention": cfg.attention}
   return record("generate", "rlhf_jax", jax_device(), setting, figures, versions(*_VERSIONS))
 
 
 def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat: str,
-                peak_tflops: float | None = None, attention: str = "") -> dict:
+                peak_tflops: float | None = None, attention: str = "", dtype: str = "") -> dict:
   """One optimizer step (AdamW) of the SFT ("sft") or reward-model ("rm") loss."""
   from rlhf_jax.train_state import OptimConfig, create_state  # pylint: disable=g-import-not-at-top
-  cfg = model_config(shape, seq, remat=remat, attention=attention)
+  cfg = model_config(shape, seq, dtype, remat=remat, attention=attention)
   mesh, rules = _mesh_rules()
   tx = OptimConfig(learning_rate=1e-5, warmup_steps=0).make()
   if loss == "sft":
@@ -144,7 +147,7 @@ def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat
   if peak_tflops:
     figures["mfu"] = flops / 1e12 / peak_tflops
   setting = {"shape": shape, "loss": loss, "batch": batch, "seq": seq,
-             "params_M": round(cfg.num_params() / 1e6, 1), "compute": cfg.dtype,
+             "params_M": round(cfg.num_params() / 1e6, 1), "dtype": cfg.dtype,
              "weights": cfg.param_dtype, "remat": cfg.remat, "attention": cfg.attention,
              "optimizer": "AdamW",
              "flops_per_token": cfg.flops_per_token(seq, lm_head=lm_head)}
@@ -153,7 +156,7 @@ def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat
 
 def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: int,
                        minibatches: int, repeats: int, remat: str, lora_rank: int = 0,
-                       attention: str = "") -> dict:
+                       attention: str = "", dtype: str = "") -> dict:
   """One PPO iteration: generate, score (old / reference log-probs, values, RM, GAE), update.
 
   With `lora_rank` > 0 the policy and critic train LoRA adapters on every projection and the
@@ -165,7 +168,7 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   from rlhf_jax.rl.compiled import compile_rl  # pylint: disable=g-import-not-at-top
   from rlhf_jax.rl.config import RLConfig  # pylint: disable=g-import-not-at-top
   from rlhf_jax.train_state import OptimConfig, TrainState, create_state  # pylint: disable=g-import-not-at-top
-  cfg = model_config(shape, prompt + new, remat=remat,
+  cfg = model_config(shape, prompt + new, dtype, remat=remat,
                      attention=attention).replace(lora_rank=lora_rank)
   mesh, rules = _mesh_rules()
   rl = RLConfig(rollout_batch=batch, max_new_tokens=new, epochs=epochs, minibatches=minibatches)
@@ -213,6 +216,7 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
                  peak_memory_gib=jax_peak_memory_gib(), live_memory_gib=jax_live_memory_gib())
   setting = {"shape": shape, "algorithm": "ppo", "batch": batch, "prompt": prompt, "new": new,
              "sampled_tokens": batch * new, "sampled_tokens_measured": min(sampled),
+             "dtype": cfg.dtype,
              "epochs": epochs, "minibatches": minibatches, "remat": cfg.remat,
              "attention": cfg.attention,
              "params_M": round(cfg.num_params() / 1e6, 1),

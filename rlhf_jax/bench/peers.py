@@ -1,15 +1,16 @@
 """The same measurements through the PyTorch stack users compare us with, in the same run.
 
-- `hf_generate`: Hugging Face transformers `generate` (eager PyTorch, bf16 weights, SDPA
+Every measurement takes the command line's `--dtype`, as ours does:
+- `hf_generate`: Hugging Face transformers `generate` (eager PyTorch, weights in `dtype`, SDPA
   attention, KV cache), sampling at temperature 1 over the full vocabulary, `min_new_tokens` =
   `max_new_tokens` so every row runs the full length, as ours does;
 - `hf_train`: one AdamW step of a causal-LM loss ("sft") or a pairwise Bradley–Terry loss over
-  a sequence-classification head ("rm"), fp32 master weights under bf16 autocast (our
-  arrangement), no gradient checkpointing;
+  a sequence-classification head ("rm"), fp32 master weights, under bf16 autocast when
+  `dtype` is bfloat16 (our arrangement), no gradient checkpointing;
 - `trl_grpo`: one step of TRL's `GRPOTrainer` (the RL trainer TRL 1.x ships): `batch` /
   `num_generations` prompts × `num_generations` completions, reference model on, a reward model
   of the same shape; the median wall time of its training steps (each one generates, scores
-  and updates).
+  and updates), bf16 mixed precision when `dtype` is bfloat16.
 The models are built from our `ModelConfig` through `rlhf_jax.models.hf.hf_config`, with random
 weights; token ids are random. A word-level tokenizer whose words are the ids ("t2" … "tV-2"; 0, 1, V-1 are pad, unk, eos)
 lets TRL round-trip text without any downloaded vocabulary.
@@ -70,10 +71,11 @@ def _ids(torch, dev, vocab: int, shape, seed: int = 0):
   return torch.as_tensor(rng.integers(1, vocab - 1, shape), device=dev)
 
 
-def hf_generate(shape: str, batch: int, prompt: int, new: int, repeats: int) -> dict:
+def hf_generate(shape: str, batch: int, prompt: int, new: int, repeats: int,
+                dtype: str = "bfloat16") -> dict:
   torch, dev, sync, name = _torch()
   cfg = model_config(shape, prompt + new)
-  model = _hf_model(cfg, "lm", torch.bfloat16).to(dev).eval()
+  model = _hf_model(cfg, "lm", getattr(torch, dtype)).to(dev).eval()
   model.generation_config.eos_token_id = None
   ids = _ids(torch, dev, cfg.vocab_size, (batch, prompt))
   attn = torch.ones_like(ids)
@@ -95,14 +97,15 @@ def hf_generate(shape: str, batch: int, prompt: int, new: int, repeats: int) -> 
              "step_ms": 1e3 * (full["median_s"] - one["median_s"]) / max(new - 1, 1),
              "peak_memory_gib": _peak_gib(torch)}
   setting = {"shape": shape, "batch": batch, "prompt": prompt, "new": new,
-             "params_M": round(cfg.num_params() / 1e6, 1), "compute": "bfloat16",
-             "weights": "bfloat16", "sampling": "temperature 1, full vocabulary",
+             "params_M": round(cfg.num_params() / 1e6, 1), "dtype": dtype,
+             "weights": dtype, "sampling": "temperature 1, full vocabulary",
              "attention": getattr(model.config, "_attn_implementation", "?")}
   return record("generate", "hf_transformers", name, setting, figures, versions(*_VERSIONS))
 
 
 def hf_train(shape: str, loss: str, batch: int, seq: int, repeats: int,
-             peak_tflops: float | None = None) -> dict:
+             peak_tflops: float | None = None, dtype: str = "bfloat16") -> dict:
+  """One AdamW step on float32 weights, under bf16 autocast when `dtype` is bfloat16."""
   torch, dev, sync, name = _torch()
   cfg = model_config(shape, seq)
   head = "lm" if loss == "sft" else "score"
@@ -111,7 +114,8 @@ def hf_train(shape: str, loss: str, batch: int, seq: int, repeats: int,
                           fused=dev.type == "cuda")
   rows = batch if loss == "sft" else 2 * batch
   ids = _ids(torch, dev, cfg.vocab_size, (rows, seq))
-  amp = torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+  amp = torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
+                       enabled=dtype == "bfloat16")
 
   def step():
     with amp:
@@ -134,8 +138,9 @@ def hf_train(shape: str, loss: str, batch: int, seq: int, repeats: int,
   if peak_tflops:
     figures["mfu"] = fpt * tok_s / 1e12 / peak_tflops
   setting = {"shape": shape, "loss": loss, "batch": batch, "seq": seq,
-             "params_M": round(cfg.num_params() / 1e6, 1), "compute": "bfloat16 autocast",
-             "weights": "float32", "remat": "none", "optimizer": "AdamW",
+             "params_M": round(cfg.num_params() / 1e6, 1), "dtype": dtype,
+             "autocast": dtype == "bfloat16", "weights": "float32", "remat": "none",
+             "optimizer": "AdamW",
              "flops_per_token": fpt}
   return record("train", "hf_transformers", name, setting, figures, versions(*_VERSIONS))
 
@@ -158,8 +163,9 @@ def _word_tokenizer(vocab: int, path: str):
 
 
 def trl_grpo(shape: str, batch: int, prompt: int, new: int, num_generations: int, steps: int,
-             workdir: str | None = None) -> dict:
-  """Median seconds of TRL GRPOTrainer steps after the first (warm-up) one."""
+             workdir: str | None = None, dtype: str = "bfloat16") -> dict:
+  """Median seconds of TRL GRPOTrainer steps after the first (warm-up) one; `dtype` bfloat16
+  is the Trainer's bf16 mixed precision (on the CPU too), float32 turns it off."""
   torch, dev, sync, name = _torch()
   import datasets  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -190,14 +196,14 @@ def trl_grpo(shape: str, batch: int, prompt: int, new: int, num_generations: int
       sync()
       times.append(time.perf_counter() - self.t0)
 
-  bf16 = dev.type == "cuda"
+  bf16 = dtype == "bfloat16"
   args = trl.GRPOConfig(
       output_dir=os.path.join(root, "out"), per_device_train_batch_size=batch,
       gradient_accumulation_steps=1, num_generations=num_generations, steps_per_generation=1,
       num_iterations=1, max_completion_length=new, temperature=1.0, top_k=0, top_p=1.0,
       generation_kwargs={"min_new_tokens": new}, beta=0.04, learning_rate=1e-6,
       max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to="none",
-      bf16=bf16, use_cpu=not bf16, gradient_checkpointing=False, use_vllm=False,
+      bf16=bf16, use_cpu=dev.type != "cuda", gradient_checkpointing=False, use_vllm=False,
       shuffle_dataset=False, log_completions=False, dataloader_num_workers=0, seed=0)
   trainer = trl.GRPOTrainer(
       model=os.path.join(root, "policy"), reward_funcs=os.path.join(root, "rm"), args=args,
@@ -215,7 +221,7 @@ def trl_grpo(shape: str, batch: int, prompt: int, new: int, num_generations: int
              "peak_memory_gib": _peak_gib(torch)}
   setting = {"shape": shape, "algorithm": "grpo", "batch": batch, "prompt": prompt, "new": new,
              "sampled_tokens": batch * new, "prompts_per_step": batch // num_generations,
-             "num_generations": num_generations, "beta": 0.04, "bf16": bf16,
+             "num_generations": num_generations, "beta": 0.04, "dtype": dtype,
              "models": "policy + reference + reward model, same shape (no critic)",
              "params_M": round(cfg.num_params() / 1e6, 1)}
   return record("rl_iteration", "trl_grpo", name, setting, figures, versions(*_VERSIONS))

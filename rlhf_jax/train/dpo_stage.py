@@ -4,13 +4,14 @@ the frozen starting policy as the reference (Rafailov et al. 2023; IPO as a loss
 `run(config, workdir)` reads comparisons exactly as the reward-model stage does (files, hub, or
 the comparisons the pipeline's reward stage wrote: `configs/dpo.py` points at them), starts the
 policy and the reference from `init.from_workdir` (the SFT model), and trains with the shared
-loop (resume, checkpoints, metrics). Every eval reports, on the held-out comparisons, the
-implicit reward β·(log π − log π_ref) of each response: how often the preferred one scores
-higher, the mean margin, and the mean log-ratios (a KL-like drift). At the end, on the built-in
-task, the policy and the reference answer the RL stage's held-out prompts: gold score, KL to the
-reference (summed k1, as the RL stage reports it), length and EOS rate, in
-`eval_policy.json`. The reference's log-probs are computed inside each step from its frozen
-params (one extra forward, no gradient).
+loop (resume, checkpoints, metrics). Periodic evals read the validation slice (or, without
+one, the first training comparisons: `rm_data.periodic_eval_set`); the held-out comparisons
+are read once, after training. Each reports the implicit reward β·(log π − log π_ref) of each
+response: how often the preferred one scores higher, the mean margin, and the mean log-ratios
+(a KL-like drift). At the end, on the built-in task, the policy and the reference answer the
+RL stage's held-out prompts: gold score, KL to the reference (summed k1, as the RL stage
+reports it), length and EOS rate, in `eval_policy.json`. The reference's log-probs are computed
+inside each step from its frozen params (one extra forward, no gradient).
 """
 
 from __future__ import annotations
@@ -70,33 +71,34 @@ def run(config, workdir: str) -> dict:
   def put(b):
     return parallel.put_batch(b, mesh, rules)
 
-  # DPO's periodic evaluations still read the held-out split when there is no validation slice.
-  eval_comps = data.valid if data.valid else data.load_eval().comps
-  k_eval = max([data.k] + [c.k for c in eval_comps])
+  periodic, prefix, what = rm_data.periodic_eval_set(data, tc)
+  writer.text(f"[dpo] periodic evaluations read {what}; the held-out split is read once, "
+              "after training")
+
+  def implicit_rewards(params, comps):
+    """Implicit-reward metrics of `comps`, in fixed-shape batches (one compile per K)."""
+    k, logp, ref = max([data.k] + [c.k for c in comps]), [], []
+    for n, mine in rm_data.eval_batches(comps, k, tc.batch_size, seq_len, tokenizer.pad_id,
+                                        response_mask=True):
+      out = run_eval(params, ref_params, put(mine))
+      logp.append(parallel.to_host(out["logp"])[:n])
+      ref.append(parallel.to_host(out["ref_logp"])[:n])
+    return implicit_reward_metrics(np.concatenate(logp), np.concatenate(ref),
+                                   cmp.rank_matrix(comps, k), dc.beta)
 
   def evaluate(params, step):
-    """Implicit-reward metrics of every held-out comparison, in fixed-shape batches."""
-    bs, logp, ref = tc.batch_size, [], []
-    for s in range(0, len(eval_comps), bs):
-      part = eval_comps[s:s + bs]
-      b = cmp.pad_comparisons(part, k_eval, seq_len, tokenizer.pad_id, rows=bs,
-                              response_mask=True)
-      per = bs // jax.process_count()
-      mine = {k: v[jax.process_index() * per:(jax.process_index() + 1) * per]
-              for k, v in b.items()}
-      out = run_eval(params, ref_params, put(mine))
-      logp.append(parallel.to_host(out["logp"])[:len(part)])
-      ref.append(parallel.to_host(out["ref_logp"])[:len(part)])
-    ev = implicit_reward_metrics(np.concatenate(logp), np.concatenate(ref),
-                                 cmp.rank_matrix(eval_comps, k_eval), dc.beta)
-    prefix = "valid" if data.valid else "eval"
-    return {f"{prefix}_{k}": v for k, v in ev.items()}
+    del step
+    return {f"{prefix}_{key}": v for key, v in implicit_rewards(params, periodic).items()}
 
   state, step, history = train_loop(
       stage="dpo", state=state, train_step=lambda st, b: run_train(st, ref_params, b),
       batches=batches, put=put, evaluate=evaluate, ckpt=ckpt, tc=tc, writer=writer,
       flops_per_token=3 * model_cfg.flops_per_token(seq_len),  # policy fwd+bwd, reference fwd
       peak_flops=metrics.peak_flops(tc.peak_tflops))
+  if step >= tc.steps:
+    held = data.load_eval().comps
+    ev = implicit_rewards(state.params, held)
+    history.append(writer.write(step, {f"eval_{key}": v for key, v in ev.items()}))
   policy_eval = None
   if step >= tc.steps and lm_data.tokenizer_spec(config) == "builtin" and config.eval_policy.prompts:
     policies = {"SFT (reference)": dpo_steps.reference_of(state.params, ref_params),

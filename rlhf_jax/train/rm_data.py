@@ -47,6 +47,38 @@ class RMData:
   settings: dict = dataclasses.field(default_factory=dict)  # how records become rows
 
 
+# Without a validation slice, periodic evaluations read this many training comparisons.
+PERIODIC_TRAIN_COMPARISONS = 512
+
+
+def periodic_eval_set(data, tc):
+  """(comparisons, metric prefix, what they are): the validation slice when there is one, else
+  the first training comparisons (a measure of fit, not of generalisation, and named so);
+  never the held-out split."""
+  if data.valid:
+    comps, prefix = data.valid, "valid"
+    what = f"the validation slice ({{n}} comparisons)"
+  else:
+    comps, prefix = data.train[:PERIODIC_TRAIN_COMPARISONS], "train_slice"
+    what = ("{n} training comparisons (no validation slice: data.valid_fraction=0; they "
+            "measure fit, not generalisation)")
+  if tc.eval_batches:
+    comps = comps[:tc.eval_batches * tc.batch_size]
+  return comps, prefix, what.format(n=len(comps))
+
+
+def eval_batches(comps, k: int, batch_size: int, seq_len: int, pad_id: int, **pad_kw):
+  """Yields (real comparisons in the batch, this process's rows of it): `comps` in fixed-shape
+  batches of `batch_size` (the last one padded), what the reward and DPO stages' evaluations
+  feed their compiled eval steps (one compile per K)."""
+  per = batch_size // jax.process_count()
+  lo = jax.process_index() * per
+  for s in range(0, len(comps), batch_size):
+    part = comps[s:s + batch_size]
+    b = cmp.pad_comparisons(part, k, seq_len, pad_id, rows=batch_size, **pad_kw)
+    yield len(part), {key: v[lo:lo + per] for key, v in b.items()}
+
+
 def comparison_config(config) -> cmp.ComparisonConfig:
   d = config.data
   return cmp.ComparisonConfig(

@@ -39,6 +39,10 @@ def run(config, workdir: str) -> dict:
   if config.stage != "reward":
     raise ConfigError(f"stage={config.stage!r}: this loop runs 'reward'")
   tc = config.train
+  norm_n = tc.get("norm_comparisons", NORM_COMPARISONS)
+  if norm_n < 1:
+    raise ConfigError(f"train.norm_comparisons={norm_n} must be >= 1 (the reward "
+                      "normalisation is fitted on that many training comparisons' responses)")
   mesh, rules, writer, ckpt, latest = stage_setup(config, workdir, "reward")
   lc = RMLossConfig(**dict(config.loss))
   heads = lc.heads  # "score", or "lm+score" with the language-modelling regulariser
@@ -66,18 +70,11 @@ def run(config, workdir: str) -> dict:
 
   def eval_rewards(params, comps, k=data.k):
     """float32[N, K] rewards of `comps`, in fixed-shape batches (one compile per K)."""
-    bs, n = tc.batch_size, len(comps)
-    out = []
-    for s in range(0, n, bs):
-      part = comps[s:s + bs]
-      b = cmp.pad_comparisons(part, k, seq_len, tokenizer.pad_id, rows=bs)
-      per = bs // jax.process_count()
-      mine = {key: v[jax.process_index() * per:(jax.process_index() + 1) * per]
-              for key, v in b.items()}
-      out.append(np.asarray(eval_step(params, put(mine))["rewards"])[:len(part)])
-    return np.concatenate(out)
+    return np.concatenate([
+        np.asarray(eval_step(params, put(mine))["rewards"])[:n]
+        for n, mine in rm_data.eval_batches(comps, k, tc.batch_size, seq_len, tokenizer.pad_id)])
 
-  eval_comps, prefix, what = periodic_eval_set(data, tc)
+  eval_comps, prefix, what = rm_data.periodic_eval_set(data, tc)
   writer.text(f"[reward] periodic evaluations read {what}; the held-out split is read once, "
               "after training")
 
@@ -98,7 +95,7 @@ def run(config, workdir: str) -> dict:
     held = data.load_eval()
     writer.text(f"[reward] {held.summary}")
     k = max([data.k] + [c.k for c in held.comps])
-    norm_comps = data.train[:NORM_COMPARISONS]
+    norm_comps = data.train[:norm_n]
     report = _finish(config, workdir, held, k, eval_rewards(state.params, held.comps, k),
                      norm_comps, eval_rewards(state.params, norm_comps), data.k, writer)
   writer.close()
@@ -106,28 +103,9 @@ def run(config, workdir: str) -> dict:
           "compiled": {"train": train_step.jitted, "eval": eval_step.jitted}}
 
 
-# Normalisation: the responses of this many training comparisons (the first, in file order).
+# Normalisation: the responses of this many training comparisons (the first, in file order),
+# unless train.norm_comparisons says otherwise.
 NORM_COMPARISONS = 2048
-# Without a validation slice, periodic evaluations read this many training comparisons.
-PERIODIC_TRAIN_COMPARISONS = 512
-
-
-def periodic_eval_set(data, tc):
-  """(comparisons, metric prefix, what they are): the validation slice when there is one, else
-  the first training comparisons (a measure of fit, not of generalisation, and named so);
-  never the held-out split."""
-  if data.valid:
-    comps, prefix = data.valid, "valid"
-    what = f"the validation slice ({{n}} comparisons)"
-  else:
-    comps, prefix = data.train[:PERIODIC_TRAIN_COMPARISONS], "train_slice"
-    what = ("{n} training comparisons (no validation slice: data.valid_fraction=0; they "
-            "measure fit, not generalisation)")
-  if tc.eval_batches:
-    comps = comps[:tc.eval_batches * tc.batch_size]
-  return comps, prefix, what.format(n=len(comps))
-
-
 def _tokenizer(config, workdir):
   """(tokenizer, the spec a later stage loads it by); "bpe:N" trains one on the training split
   the first time and reads it from <workdir>/tokenizer after."""
