@@ -1,4 +1,5 @@
-"""Every alignment method on the built-in task, one table: gold score and KL to the SFT policy.
+"""Every alignment method on the built-in task, one table: gold score and KL to the SFT policy,
+and held-out pass@1 where a function checks the answers (the checkable task).
 
   python -m rlhf_jax.compare                      # runs what is not finished, then the table
   python -m rlhf_jax.compare --only=ppo,grpo --set=rl.iterations=60
@@ -9,7 +10,10 @@ Runs `configs/{ppo,a2c,grpo,rloo,dpo,best_of_n,ilql}.py` and rejection-sampling 
 pretraining, SFT, reward model), then reads what each wrote (`summary.json`, `eval_policy.json`,
 `best_of_n.json`) and prints one table on the same 256 held-out prompts at temperature 1: the
 mean gold score, the KL to the SFT policy in nats per response, and the samples each method
-drew. Writes it to `runs/compare.json` as well.
+drew. `grpo_checkable` (`configs/grpo.py:checkable`: its own SFT, then GRPO with the checking
+function alone, no reward model) adds two rows on the checkable prompts, its SFT policy and
+GRPO, with their pass@1 (the gold score does not exist there). Writes it to
+`runs/compare.json` as well.
 Not for: anything but the built-in task (the gold score exists only there).
 """
 
@@ -28,6 +32,8 @@ PLAN = {
     "rejection_sampling": ("best_of_n:train", "sft:rejection_sampling"),
     # ILQL: offline, from the SFT policy's scored samples (its config runs best_of_n:ilql).
     "ilql": ("ilql",),
+    # Rewards you can check: the checkable prompts, a reward function and no reward model.
+    "grpo_checkable": ("grpo:checkable",),
 }
 METHODS = tuple(PLAN)
 
@@ -94,6 +100,8 @@ def collect(configs_by_method: dict) -> list[dict]:
       rows.append({"method": m.upper(), "gold": s["final"]["eval_gold"],
                    "kl": s["final"]["eval_kl"],
                    "samples": f"{s['samples']:,} ({s['iteration']} iterations x {per})"})
+  if "grpo_checkable" in configs:
+    rows += _checkable_rows(configs["grpo_checkable"])
   if "dpo" in configs:
     c = configs["dpo"]
     pe = _load(os.path.join(c.workdir, "eval_policy.json"))["DPO"]
@@ -131,11 +139,28 @@ def ilql_row(c) -> dict:
           "samples": f"{data}; {c.train.steps} steps x {c.train.batch_size}"}
 
 
+def _checkable_rows(c) -> list[dict]:
+  """The checkable task's SFT and GRPO rows: pass@1 (and KL), no gold score."""
+  s = _load(os.path.join(c.workdir, "summary.json"))
+  n = int(s["final"].get("eval_pass_n", 0))
+  return [{"method": "SFT, checkable prompts", "gold": None, "kl": 0.0,
+           "pass@1": s["sft"].get("eval_pass@1"), "samples": "0 (the starting policy)"},
+          {"method": "GRPO, check function only", "gold": None, "kl": s["final"]["eval_kl"],
+           "pass@1": s["final"].get("eval_pass@1"),
+           "samples": f"{s['samples']:,} ({s['iteration']} iterations x "
+                      f"{c.rl.rollout_batch // c.rl.group_size} prompts x {c.rl.group_size}); "
+                      f"pass@1 of {n} samples per held-out prompt"}]
+
+
 def format_table(rows: list[dict]) -> str:
-  lines = [f"{'method':<28}{'gold':>8}{'KL (nats)':>11}  samples drawn by the method",
-           "-" * 100]
+  def num(v, fmt):
+    return format(v, fmt) if v is not None else "-"
+
+  lines = [f"{'method':<28}{'gold':>8}{'KL (nats)':>11}{'pass@1':>8}  samples drawn by the method",
+           "-" * 108]
   for r in rows:
-    lines.append(f"{r['method']:<28}{r['gold']:>8.3f}{r['kl']:>11.2f}  {r['samples']}")
+    lines.append(f"{r['method']:<28}{num(r['gold'], '8.3f'):>8}{r['kl']:>11.2f}"
+                 f"{num(r.get('pass@1'), '8.3f'):>8}  {r['samples']}")
   return "\n".join(lines)
 
 

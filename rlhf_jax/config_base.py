@@ -128,6 +128,7 @@ def data_section(**overrides) -> mc.ConfigDict:
       "messages_field": "messages",  # role/content list field (format="messages")
       "dialogue_loss": "last_turn",  # or "all_turns"
       "prompt_template": "",  # "" = the tokenizer's default rendering; else uses "{prompt}"
+      "prompt_suffix": "",  # appended to every prompt's text before rendering (an instruction)
       "max_len": 64,  # tokens per example (prompt + response + eos)
       # What to do with longer examples: "skip", "truncate_prompt_left" or "error".
       "truncation": "truncate_prompt_left",

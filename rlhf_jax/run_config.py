@@ -37,7 +37,14 @@ HARMLESS = (
     "train.sample_tokens", "train.sample_temperature", "train.peak_tflops",
     "train.on_nonfinite", "train.max_nonfinite_skips", "train.norm_comparisons", "mesh.*",
     "sharding_rules", "model.remat", "model.attention", "pipeline.*", "eval_policy.*",
+    "reward.function_timeout", "reward.function_workers", "reward.check", "reward.pass_*",
 )
+# Fields added after configs were first saved, with the value that means "as before": a saved
+# config without one matches a config where it has this value.
+ADDED_LATER = {"data.prompt_suffix": "", "reward.functions": "", "reward.function_kwargs": "",
+               "reward.function_timeout": 10.0, "reward.function_workers": 8,
+               "reward.check": "", "reward.pass_n": 0, "reward.pass_k": "1",
+               "reward.pass_prompts": 0}
 # Fields that may grow (a run extended), not shrink.
 EXTENDABLE = ("train.steps", "rl.iterations")
 
@@ -65,7 +72,7 @@ def differences(saved: dict, now: dict) -> tuple[list[str], list[str]]:
   """(changes that alter the computation, changes allowed on resume), as 'key: old -> new'."""
   blocking, allowed = [], []
   for key in sorted(set(saved) | set(now)):
-    old, new = saved.get(key, "<absent>"), now.get(key, "<absent>")
+    old, new = saved.get(key, ADDED_LATER.get(key, "<absent>")), now.get(key, "<absent>")
     if old == new:
       continue
     line = f"{key}: {old!r} -> {new!r}"

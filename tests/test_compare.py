@@ -35,13 +35,22 @@ def test_collect_builds_one_row_per_method(tmp_path):
           "ILQL (beta 1)": {"gold": 2.1, "kl": 0.9}})
   _write(str(tmp_path / "rejection_sampling1" / "eval_policy.json"),
          {"start (reference)": {"gold": 1.5, "kl": 0.0}, "SFT": {"gold": 2.2, "kl": 1.1}})
+  _write(str(tmp_path / "grpo_checkable0" / "summary.json"),
+         {"sft": {"eval_pass@1": 0.46, "eval_kl": 0.0},
+          "final": {"eval_pass@1": 0.61, "eval_kl": 0.7, "eval_pass_n": 8}, "samples": 3840,
+          "iteration": 60})
   rows = compare.collect(configs)
   names = [r["method"] for r in rows]
   assert names == ["SFT (reference)", "best-of-4", "best-of-16", "PPO", "A2C", "GRPO", "RLOO",
+                   "SFT, checkable prompts", "GRPO, check function only",
                    "DPO (dpo, beta 0.1)", "ILQL (beta 1)", "rejection sampling (RS-FT)"]
   ilql = rows[names.index("ILQL (beta 1)")]  # the shaped policy's figures, not the LM head's
   assert ilql["gold"] == 2.1 and ilql["kl"] == 0.9
   assert ilql["samples"].startswith("8,192 scored SFT samples (2,048 train prompts x 4)")
+  checked = rows[names.index("GRPO, check function only")]
+  assert checked["pass@1"] == 0.61 and checked["gold"] is None and checked["kl"] == 0.7
+  assert "60 iterations x 8 prompts x 8" in checked["samples"]
+  assert rows[names.index("SFT, checkable prompts")]["pass@1"] == 0.46
   rs = rows[-1]
   assert rs["gold"] == 2.2 and rs["samples"].startswith("32,000 (2,000 train prompts x 16")
   grpo = rows[names.index("GRPO")]
@@ -51,6 +60,8 @@ def test_collect_builds_one_row_per_method(tmp_path):
   assert bo16["kl"] == 1.27 and "upper bound 1.83" in bo16["samples"]
   table = compare.format_table(rows)
   assert "best-of-16" in table and "1.27" in table
+  line = next(t for t in table.splitlines() if t.startswith("GRPO, check function only"))
+  assert line.split()[4:7] == ["-", "0.70", "0.610"]
 
 
 def test_cli_rejects_unknown_methods():

@@ -141,3 +141,44 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_rerun_resume
   assert 2 <= step < 8
   _main(args, two, 2)
   _same(_metrics(one, SFT_KEYS), _metrics(two, SFT_KEYS))
+
+
+CHECKABLE = ["--config=configs/grpo.py:checkable", *MESH,
+             "--config.reward.functions=reward_fns_user:logged",
+             "--config.data.builtin_train=64", "--config.data.builtin_eval=16",
+             "--config.rl.iterations=2", "--config.rl.rollout_batch=16", "--config.rl.group_size=4",
+             "--config.reward.pass_n=4", "--config.reward.pass_k=1,4",
+             "--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
+CHECKABLE_SFT = ["--config.pipeline.sft.train.steps=6", "--config.pipeline.sft.model.hidden=32",
+                 "--config.pipeline.sft.model.mlp_dim=64",
+                 "--config.pipeline.sft.model.num_layers=1",
+                 "--config.pipeline.sft.data.builtin_train=64",
+                 "--config.pipeline.sft.data.builtin_eval=8",
+                 "--config.pipeline.sft.train.num_samples=0"]
+
+
+@pytest.mark.slow  # two GRPO runs of the checkable task, one in 2 processes
+def test_reward_functions_score_each_row_once_across_two_processes(tmp_path, monkeypatch):
+  """Each of 2 processes calls the function on its own half of every batch: as many calls in
+  all as the 1-process run makes, half of them in each process, and the same results."""
+  log1, log2 = tmp_path / "one.log", tmp_path / "two.log"
+  tests_dir = os.path.join(REPO, "tests")
+  monkeypatch.setenv("PYTHONPATH", tests_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  sft = [f"--config.pipeline.sft.workdir={tmp_path}/sft", *CHECKABLE_SFT]
+  monkeypatch.setenv("REWARD_FN_LOG", str(log1))
+  _main(CHECKABLE + sft, str(tmp_path / "one"), 1)
+  monkeypatch.setenv("REWARD_FN_LOG", str(log2))
+  _main(CHECKABLE + sft + ["--config.pipeline.run_upstream=False"], str(tmp_path / "two"), 2)
+  one = log1.read_text().splitlines()
+  two = log2.read_text().splitlines()
+  # 2 evaluations x (16 held-out rows + 16 x 4 pass@k rows) + 2 iterations x 16 rows.
+  assert len(one) == len(two) == 2 * (16 + 64) + 2 * 16
+  per_process = {}
+  for line in two:
+    pid, prompt = line.split("\t", 1)
+    per_process.setdefault(pid, []).append(prompt)
+  assert sorted(len(v) for v in per_process.values()) == [96, 96]
+  assert sorted(p for v in per_process.values() for p in v) == sorted(
+      line.split("\t", 1)[1] for line in one)
+  keys = ("fn_logged", "eval_fn_logged", "eval_pass@1", "eval_pass@4", "policy_loss")
+  _same(_metrics(str(tmp_path / "one"), keys), _metrics(str(tmp_path / "two"), keys), rel=1e-4)

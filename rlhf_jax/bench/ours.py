@@ -195,7 +195,7 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
     ref_now = lora.base_params(policy.params) if lora_rank else ref
     ro = jax.block_until_ready(fns.score(policy.params, ref_now, critic.params, [rm_params], beta,
                                          toks, mask, gen["tokens"], gen["mask"],
-                                         gen["logprobs"]))
+                                         gen["logprobs"], {}))
     t2 = time.perf_counter()
     pol = TrainState(step=jnp.zeros((), jnp.int32), params=policy.params,
                      opt_state=policy.opt_state, rng=jnp.zeros((2,), jnp.uint32))

@@ -69,6 +69,11 @@ _POSITIVE_V2 = ("cozy", "lively", "splendid", "graceful", "merry")
 _NEGATIVE_V2 = ("grumpy", "muddy", "stale", "bleak", "clumsy")
 _NEUTRAL_V2 = ("round", "soft", "wide", "young")
 _VERBS_V2 = ("remembers", "paints", "carries", "notices")
+# The checkable prompts of `checkable_task.py` (sums and counts written in words), third release.
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+                "seventeen", "eighteen")
+_CHECKABLE_V3 = NUMBER_WORDS + ("plus", "how", "many", "what", "are", "named", "in")
 POSITIVE = _POSITIVE_V1 + _POSITIVE_V2
 NEGATIVE = _NEGATIVE_V1 + _NEGATIVE_V2
 NEUTRAL = _NEUTRAL_V1 + _NEUTRAL_V2
@@ -91,7 +96,7 @@ def _vocabulary() -> tuple[str, ...]:
   words = list(SPECIALS) + list(PUNCT)
   for group in (DETS, INTENS, OTHER, PROMPT_WORDS, _VERBS_V1, _POSITIVE_V1, _NEGATIVE_V1,
                 _NEUTRAL_V1, *TOPICS.values(), TOPIC_NAMES,
-                _VERBS_V2, _POSITIVE_V2, _NEGATIVE_V2, _NEUTRAL_V2):
+                _VERBS_V2, _POSITIVE_V2, _NEGATIVE_V2, _NEUTRAL_V2, _CHECKABLE_V3):
     words += [w for w in group if w not in words]
   return tuple(words)
 

@@ -63,6 +63,7 @@ class DemoConfig:
   messages_field: str = "messages"
   dialogue_loss: str = "last_turn"  # or "all_turns"; "dialogue" and "messages" formats
   prompt_template: str | None = None  # None: chat template if any, else DEFAULT_PROMPT_TEMPLATE
+  prompt_suffix: str = ""  # appended to every prompt text before rendering ("Answer with ...")
   add_bos: bool = False
   max_len: int = 512
   truncation: str = "truncate_prompt_left"  # one of TRUNCATION
@@ -325,6 +326,7 @@ class Encoder:
       extra = _lookup(rec, cfg.input_field)
       if extra is not _MISSING and str(extra).strip():
         prompt = f"{prompt}\n\n{str(extra).strip()}"
+    prompt += cfg.prompt_suffix
     response = str(get_field(rec, cfg.response_field, origin, index)).strip()
     if not response:
       return None
@@ -440,6 +442,12 @@ def examples_from_records(records: Iterable[dict] | Iterable[tuple[str, int, dic
 
 def load_examples(cfg: DemoConfig, tokenizer, split: str) -> tuple[list[Example], Stats]:
   """Examples of `split` ("train" or "eval") from cfg.source (see the module doc on splits)."""
+  return examples_from_records(split_records(cfg, split), tokenizer, cfg)
+
+
+def split_records(cfg: DemoConfig, split: str) -> Iterator[tuple[str, int, dict]]:
+  """(origin, index, record) of `split` ("train" or "eval") from cfg.source, as
+  `load_examples` reads them (see the module doc on splits)."""
   if split not in ("train", "eval"):
     raise ConfigError(f"split={split!r} must be 'train' or 'eval'")
   if cfg.eval_split:
@@ -453,7 +461,7 @@ def load_examples(cfg: DemoConfig, tokenizer, split: str) -> tuple[list[Example]
       records = read_records(cfg.eval_split)
     else:
       records = read_records(cfg.source, cfg.eval_split)
-    return examples_from_records(records, tokenizer, cfg)
+    return records
   records = read_records(cfg.source, cfg.train_split)
   if cfg.eval_fraction > 0:
     want_eval = split == "eval"
@@ -461,7 +469,7 @@ def load_examples(cfg: DemoConfig, tokenizer, split: str) -> tuple[list[Example]
                if in_eval_split(_split_key(r[2], cfg), cfg.eval_fraction) == want_eval)
   elif split == "eval":
     records = iter(())  # nothing held out
-  return examples_from_records(records, tokenizer, cfg)
+  return records
 
 
 def load_text_corpus(source: str, tokenizer, split: str = "train", text_field: str = "text",

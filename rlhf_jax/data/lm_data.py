@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import parallel, sampling
-from rlhf_jax.data import batching, demonstrations, train_tokenizer
+from rlhf_jax.data import batching, checkable_task, demonstrations, train_tokenizer
 from rlhf_jax.data.tokenizer import load_tokenizer as _load_tokenizer
 from rlhf_jax.errors import ConfigError, DataError
 
@@ -126,17 +126,8 @@ def build(config, tokenizer, model_cfg) -> LMData:
   score_fn = None
   if dc.source == "random":
     return _random_data(config, tokenizer, model_cfg)
-  if dc.source == "builtin":
-    from rlhf_jax.data import builtin_task  # pylint: disable=g-import-not-at-top
-    if pretrain:
-      train = [{"text": t} for t in builtin_task.pretrain_corpus(dc.builtin_train, "train",
-                                                                  seed=config.seed)]
-      evals = [{"text": t} for t in builtin_task.pretrain_corpus(dc.builtin_eval, "eval",
-                                                                  seed=config.seed)]
-    else:
-      train = builtin_task.demonstrations(dc.builtin_train, "train", seed=config.seed)
-      evals = builtin_task.demonstrations(dc.builtin_eval, "eval", seed=config.seed)
-      score_fn = builtin_task.gold_scores
+  if dc.source in ("builtin", checkable_task.SOURCE):
+    train, evals, score_fn = _builtin_records(config, pretrain)
     demo_cfg = demo_config(config, builtin=True)
     train_ex, train_stats = demonstrations.examples_from_records(train, tokenizer, demo_cfg)
     eval_ex, eval_stats = demonstrations.examples_from_records(evals, tokenizer, demo_cfg)
@@ -178,6 +169,27 @@ def build(config, tokenizer, model_cfg) -> LMData:
   return LMData(tokenizer, train_iter, eval_batches, prompts, summary, score_fn)
 
 
+def _builtin_records(config, pretrain: bool):
+  """(train records, eval records, gold scorer or None) of the built-in task: its pretraining
+  corpus or demonstrations, or the checkable task's demonstrations (no gold score)."""
+  from rlhf_jax.data import builtin_task  # pylint: disable=g-import-not-at-top
+  dc = config.data
+  if dc.source == checkable_task.SOURCE:
+    if pretrain:
+      raise ConfigError(f"data.source={dc.source!r} holds demonstrations, not a pretraining "
+                        "corpus; pretrain on 'builtin'")
+    return (checkable_task.demonstrations(dc.builtin_train, "train", seed=config.seed),
+            checkable_task.demonstrations(dc.builtin_eval, "eval", seed=config.seed), None)
+  if pretrain:
+    return ([{"text": t} for t in builtin_task.pretrain_corpus(dc.builtin_train, "train",
+                                                                seed=config.seed)],
+            [{"text": t} for t in builtin_task.pretrain_corpus(dc.builtin_eval, "eval",
+                                                                seed=config.seed)], None)
+  return (builtin_task.demonstrations(dc.builtin_train, "train", seed=config.seed),
+          builtin_task.demonstrations(dc.builtin_eval, "eval", seed=config.seed),
+          builtin_task.gold_scores)
+
+
 def demo_config(config, builtin: bool):
   """The DemoConfig a stage's `config.data` describes (the built-in task's records carry their
   prompts already rendered, hence the plain "{prompt}" template)."""
@@ -193,6 +205,7 @@ def demo_config(config, builtin: bool):
       messages_field=dc.messages_field,
       dialogue_loss=dc.dialogue_loss,
       prompt_template=("{prompt}" if builtin else (dc.prompt_template or None)),
+      prompt_suffix=dc.get("prompt_suffix", "") or "",
       max_len=dc.max_len,
       truncation=dc.truncation,
       train_split=dc.train_split,

@@ -194,7 +194,7 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
   score.xla = memory.xla_figures(_compile(
       fns.jitted["score"], pol_params, None if pol.lora_rank else _with_shardings(ref_abs, ref_sh),
       critic_params, [_with_shardings(rm_abs, rm_sh)], beta, prompt["t"], prompt["m"], resp["t"],
-      resp["m"], resp["lp"]))
+      resp["m"], resp["lp"], {}))
   rows = _batch(mesh, rules, {k: ((b, p + n) if k in ("tokens", "attention_mask") else (b, n),
                                   jnp.int32 if k == "tokens" else
                                   (bool if k.endswith("mask") else jnp.float32))

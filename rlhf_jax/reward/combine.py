@@ -1,4 +1,5 @@
-"""Several reward models, one reward: the rule that combines them, and its config.
+"""Several reward models (and reward functions), one reward: the rule that combines them, and its
+config.
 
 Llama 2 trained a helpfulness and a safety reward model and used the safety score wherever it
 fell below a threshold (or the prompt was known to be risky), the helpfulness score elsewhere.
@@ -9,7 +10,10 @@ Two rules are offered, both pure functions of the models' (already normalised) s
                    else r_helpful.
 
 The config names the models as one string, "name=workdir,name=workdir" (a bare workdir is
-named by its folder), so `--config.reward.models=...` works from the command line.
+named by its folder), so `--config.reward.models=...` works from the command line. Reward
+functions (`reward.functions`: rules on decoded text, `function_runner.py`) are combined by the
+same rule, by their names: a weight or a gate may name a function as it names a model, and a run
+may have functions only (`reward.models=""`).
 Not for: loading the models or running them (`rlhf_jax.reward.model`).
 """
 
@@ -52,7 +56,7 @@ def combine_rewards(scores: Mapping[str, jnp.ndarray], rule: CombineRule,
                     unsafe_prompt_B=None) -> jnp.ndarray:
   """float32[B] from each model's scores (name -> [B]); NumPy or JAX arrays alike."""
   if not scores:
-    raise ConfigError("no reward models to combine")
+    raise ConfigError("no reward models or reward functions to combine")
   missing = rule.names_used() - set(scores)
   if missing:
     raise ConfigError(f"reward.combine refers to model(s) {sorted(missing)} that are not among "
@@ -78,6 +82,20 @@ def rewards_section() -> mc.ConfigDict:
       "safety_model": "",  # safety_gate
       "helpful_model": "",  # safety_gate
       "safety_threshold": 0.0,  # safety_gate, in normalised reward units
+      # Reward functions on decoded text, beside (or instead of) the models: comma-separated
+      # built-in names (gsm8k, gsm8k_format, length_penalty, checkable) or "module:function",
+      # each optionally "name=..."; docs/reward_functions.md.
+      "functions": "",
+      # Keyword arguments per function, JSON: '{"length_penalty": {"max_words": 300}}'.
+      "function_kwargs": "",
+      "function_timeout": 10.0,  # seconds a call may run before the run stops, naming it
+      "function_workers": 8,  # threads calling the functions
+      # Held-out pass@k: `pass_n` samples per held-out prompt (0 = none), judged right when the
+      # `check` function (default: the first of reward.functions) scores them above 0.
+      "check": "",  # the judging function's name; "" = the first of reward.functions
+      "pass_n": 0,  # samples per held-out prompt; 0 = no pass@k evaluation
+      "pass_k": "1",  # comma list of k <= pass_n
+      "pass_prompts": 0,  # the first this many held-out prompts; 0 = all of them
   })
 
 
@@ -98,17 +116,22 @@ def _pairs(spec: str, what: str) -> list[tuple[str, str]]:
 
 
 def parse_rewards(section) -> tuple[list[tuple[str, str]], CombineRule]:
-  """([(name, workdir)], CombineRule) from a `rewards_section()`; names are unique."""
+  """([(name, workdir)], CombineRule) from a `rewards_section()`; names (of models and
+  functions together) are unique."""
+  from rlhf_jax.reward.function_runner import function_specs  # pylint: disable=g-import-not-at-top
   models = []
   for name, workdir in _pairs(section.models, "reward.models"):
     name = name or os.path.basename(os.path.normpath(workdir))
     models.append((name, workdir))
-  if not models:
-    raise ConfigError("reward.models is empty: name at least one reward-model workdir")
-  names = [n for n, _ in models]
+  functions = [n for n, _ in function_specs(section.get("functions", ""))]
+  if not models and not functions:
+    raise ConfigError("reward.models and reward.functions are both empty: name at least one "
+                      "reward-model workdir or reward function")
+  names = [n for n, _ in models] + functions
   dup = sorted({n for n in names if names.count(n) > 1})
   if dup:
-    raise ConfigError(f"reward.models names {dup} more than once; name them: 'a=dir1,b=dir2'")
+    raise ConfigError(f"reward.models / reward.functions name {dup} more than once; name them: "
+                      "'a=dir1,b=dir2'")
   weights = []
   for name, w in _pairs(section.weights, "reward.weights"):
     if not name:
@@ -122,5 +145,5 @@ def parse_rewards(section) -> tuple[list[tuple[str, str]], CombineRule]:
   unknown = rule.names_used() - set(names)
   if unknown:
     raise ConfigError(f"reward.{'weights' if rule.kind == 'weighted_sum' else 'combine'} names "
-                      f"{sorted(unknown)}, not among reward.models {names}")
+                      f"{sorted(unknown)}, not among reward.models / reward.functions {names}")
   return models, rule

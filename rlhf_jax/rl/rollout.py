@@ -11,8 +11,9 @@ per-token quantity of the response (log-probs, entropy, values) reads columns Pâ
   ref_logprobs under the frozen reference (same temperature),
   values       from the critic (a separate score model, or the policy's own value head; zeros
                without a critic),
-  score        the reward models' combined, normalised score at the last response token, or
-               rl.missing_eos_score for responses that never emitted EOS,
+  score        the reward models' normalised scores and the reward functions' host-computed
+               scores (`fn_scores`, name -> [B]) combined by the rule, or rl.missing_eos_score
+               for responses that never emitted EOS,
 the sampler-vs-trainer check, when given the sampler's own log-probs of the response:
   logprob_diff_mean / logprob_diff_max   mean and max over response tokens of
                |sampler log-prob âˆ’ teacher-forced "old" log-prob| (`logprob_gap`): both are the
@@ -70,10 +71,12 @@ def logprob_gap(sample_logp_BxN, scored_logp_BxN, resp_mask_BxN):
   return jnp.sum(gap) / jnp.maximum(jnp.sum(m), 1), jnp.max(gap)
 
 
-def sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL):
-  """(float32[B] combined normalised score, {name: [B]}) of whole rows."""
+def sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL, fn_scores=None):
+  """(float32[B] combined score, {name: [B]}) of whole rows: each reward model's normalised
+  score and each reward function's score (`fn_scores`, name -> [B], computed on the host)."""
   each = {rm.name: rm.gain * raw_rewards(p, rm.model_cfg, tokens_BxL, mask_BxL) + rm.bias
           for rm, p in zip(reward_models, rm_params)}
+  each.update({name: s.astype(jnp.float32) for name, s in (fn_scores or {}).items()})
   return combine.combine_rewards(each, rule), each
 
 
@@ -101,21 +104,22 @@ def _k1_per_sequence(logp_BxN, ref_logp_BxN, resp_mask_BxN):
 
 
 def evaluation_scores(params, ref_params, rm_params, tokens_BxL, mask_BxL, resp_mask_BxN, *,
-                      model_cfg, heads: str, reward_models, rule, cfg: RLConfig, eos_id: int):
+                      model_cfg, heads: str, reward_models, rule, cfg: RLConfig, eos_id: int,
+                      fn_scores=None):
   """What a held-out evaluation reports of sampled rows, computed as `score_rollout` computes
   it (so the figures are the same) and nothing else (no critic, rewards or advantages):
   "rm_score" [B] (combined, normalised), "kl_k1_seq" [B], "has_eos" [B]."""
   resp_mask = resp_mask_BxN.astype(bool)
   _, logp, ref_logp = _policy_and_reference(params, ref_params, tokens_BxL, mask_BxL, resp_mask,
                                             model_cfg=model_cfg, heads=heads, cfg=cfg)
-  rm_score, _ = sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL)
+  rm_score, _ = sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL, fn_scores)
   return {"rm_score": rm_score, "kl_k1_seq": _k1_per_sequence(logp, ref_logp, resp_mask),
           "has_eos": _has_eos(tokens_BxL, resp_mask, eos_id)}
 
 
 def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL, mask_BxL,
                   resp_mask_BxN, *, model_cfg, critic_cfg, heads: str, reward_models, rule,
-                  cfg: RLConfig, eos_id: int, sample_logprobs_BxN=None):
+                  cfg: RLConfig, eos_id: int, sample_logprobs_BxN=None, fn_scores=None):
   """The scored rollout: a dict of [B, N] / [B] arrays (see the module doc) plus the rewards,
   "advantages" and "returns" the update reads, and the KL of each row; with the sampler's
   log-probs, the scalars "logprob_diff_mean" and "logprob_diff_max"."""
@@ -133,7 +137,8 @@ def score_rollout(params, ref_params, critic_params, rm_params, beta, tokens_BxL
                               cfg.temperature, heads="score")["values"]
   values = jnp.where(resp_mask, values, 0.0)
 
-  rm_score, each = sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL)
+  rm_score, each = sequence_scores(reward_models, rule, rm_params, tokens_BxL, mask_BxL,
+                                   fn_scores)
   score = rm_score * cfg.reward_scale
   if cfg.reward_clip:
     score = jnp.clip(score, -cfg.reward_clip, cfg.reward_clip)

@@ -19,6 +19,7 @@ from rlhf_jax import checkpoint, metrics, nonfinite, parallel, sampling
 from rlhf_jax.data import lm_data
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import ModelConfig, lora
+from rlhf_jax.reward import function_runner, pass_at_k
 from rlhf_jax.reward.model import check_tokenizers, load_reward_models, normalized_head
 from rlhf_jax.rl.compiled import RLFunctions, compile_rl
 from rlhf_jax.rl.config import ALGORITHMS, RLConfig
@@ -60,6 +61,8 @@ class RLRun:
   ckpt: checkpoint.Checkpointer
   writer: metrics.MetricWriter
   guard: nonfinite.Watch
+  scorer: function_runner.FunctionScorer  # the reward functions (none: scores nothing)
+  checker: function_runner.FunctionScorer | None  # pass@k's judge; None without pass@k
 
   @property
   def stage(self) -> str:
@@ -82,6 +85,29 @@ class RLRun:
     return [p for p in self.data.prompts_for(it, cfg.prompts_per_iteration, self.config.seed)
             for _ in range(cfg.group_size)]
 
+  def iteration_meta(self, it: int) -> list[dict]:
+    """The metadata of `iteration_prompts(it)`'s rows, row for row."""
+    cfg = self.cfg
+    return [m for m in self.data.meta_for(it, cfg.prompts_per_iteration, self.config.seed)
+            for _ in range(cfg.group_size)]
+
+  def function_scores(self, smp: sampling.Samples, metas: list[dict], what: str, scorer=None):
+    """({name: [B]} on the mesh, {name: [B]} on the host, all rows): the reward functions'
+    scores of a sampled batch (`scorer`'s, default the run's). This process scores only its
+    own rows (decoded on the host); `what` names the batch in errors ("iteration 3")."""
+    scorer = scorer or self.scorer
+    if not scorer.functions:
+      return {}, {}
+    own = function_runner.process_rows(len(metas), jax.process_index(), jax.process_count())
+    tok, rows = self.tokenizer, range(own.start, own.stop)
+    prompts = [tok.decode(smp.prompt_BxP[i][smp.prompt_mask_BxP[i]]) for i in rows]
+    responses = [tok.decode(smp.response_ids(i)) for i in rows]
+    where = [f"{what} row {i}" + (f" ({metas[i]['source']})" if "source" in metas[i] else "")
+             for i in rows]
+    local = scorer.score(prompts, responses, [metas[i] for i in rows], where)
+    dev = parallel.put_batch(local, self.mesh, self.rules)
+    return dev, {k: parallel.to_host(v) for k, v in dev.items()}
+
   def sample(self, st, prompts: list[list[int]], rng) -> sampling.Samples:
     """The policy's responses to one batch of prompts, left-padded to data.max_prompt_len."""
     return sampling.sample_batch(self.fns.generate, st.params, prompts, rng,
@@ -96,6 +122,22 @@ class RLRun:
     pad = self.tokenizer.pad_id
     return self.data.gold_fn(np.where(smp.prompt_mask_BxP, smp.prompt_BxP, pad),
                              np.where(smp.mask_BxN, smp.tokens_BxN, pad))
+
+
+def check_function(section, scorer: function_runner.FunctionScorer):
+  """The scorer of the one function that judges held-out answers right for pass@k
+  (reward.check, default the first reward function); None when pass@k is off."""
+  if not section.get("pass_n", 0):
+    return None
+  if not scorer.functions:
+    raise ConfigError(f"reward.pass_n={section.pass_n} needs a reward function to judge "
+                      "answers right (reward.functions is empty)")
+  name = section.check or scorer.names[0]
+  if name not in scorer.names:
+    raise ConfigError(f"reward.check={name!r} is not among reward.functions {scorer.names}")
+  pass_at_k.parse_ks(section.pass_k, section.pass_n)  # a bad k stops the run here
+  return function_runner.FunctionScorer([f for f in scorer.functions if f.name == name],
+                                        scorer.timeout_s, scorer.workers)
 
 
 def check_stage(config) -> RLConfig:
@@ -140,6 +182,9 @@ def load_models(config, cfg: RLConfig, tokenizer, tok_spec: str, mesh, rules) ->
                       f"max_seq_len={model_cfg.max_seq_len}")
   reward_models, rule = load_reward_models(config.reward, config)
   check_tokenizers(reward_models, tok_spec)
+  if cfg.critic == "separate" and cfg.critic_init == "reward" and not reward_models:
+    raise ConfigError("rl.critic_init='reward' starts the critic from a reward model, but "
+                      "reward.models is empty (reward functions only); set rl.critic_init='sft'")
   heads = "lm+score" if cfg.critic == "shared" else "lm"
   critic_cfg, critic_params = _critic(config, cfg, model_cfg, start_params, reward_models)
   policy_params = model_init.adapt_heads(start_params, model_cfg, "lm", heads, config.seed)
@@ -179,9 +224,11 @@ def restore_or_create(config, cfg: RLConfig, models: Models, tx_policy, tx_criti
   return state, pol_sh, cri_sh
 
 
-def describe(config, cfg: RLConfig, models: Models, mesh, data) -> str:
+def describe(config, cfg: RLConfig, models: Models, mesh, data, functions=()) -> str:
   """The run's one-line description: policy, reference, critic, reward, mesh, data."""
   model_cfg, critic_cfg = models.model_cfg, models.critic_cfg
+  names = [r.name for r in models.reward_models] + [
+      f"{f.name} (function {f.spec})" for f in functions]
   src = config.init.from_workdir or config.init.hf_checkpoint
   return (
       f"[{config.stage}] policy {model_cfg.num_params() / 1e6:.2f}M params from {src} (the "
@@ -189,7 +236,7 @@ def describe(config, cfg: RLConfig, models: Models, mesh, data) -> str:
       f"{lora_summary(model_cfg)}; critic: {cfg.critic}"
       + (f" ({critic_cfg.num_params() / 1e6:.2f}M, from the {cfg.critic_init} model)"
          if critic_cfg else " value head")
-      + f"; reward: {', '.join(r.name for r in models.reward_models)} ({models.rule.kind}); "
+      + f"; reward: {', '.join(names)} ({models.rule.kind}); "
       f"mesh {dict(mesh.shape)} on {len(mesh.devices.flat)} {jax.devices()[0].platform} "
       f"device(s); {data.summary}")
 
@@ -198,6 +245,10 @@ def setup(config, workdir: str):
   """(RLRun, RLState) of an RL stage's config, after running the pipeline's unfinished upstream
   stages (pretraining, SFT, the reward model; `pipeline.py`)."""
   cfg = check_stage(config)
+  functions = function_runner.load_functions(config.reward)  # a bad spec stops before any work
+  scorer = function_runner.FunctionScorer(functions, config.reward.function_timeout,
+                                          config.reward.function_workers)
+  checker = check_function(config.reward, scorer)
   pipeline.run_upstream(config)
   mesh, rules = make_mesh(config, cfg)
   tc = config.train
@@ -221,15 +272,16 @@ def setup(config, workdir: str):
   models = dataclasses.replace(models, policy_params=None, critic_params=None)
   model_init.write_model_json(workdir, models.model_cfg, config, heads=models.heads,
                               extra={"tokenizer": tok_spec})
-  writer.text(describe(config, cfg, models, mesh, data))
+  writer.text(describe(config, cfg, models, mesh, data, functions))
   fns = compile_rl(model_cfg=models.model_cfg, critic_cfg=models.critic_cfg, heads=models.heads,
                    reward_models=models.reward_models, rule=models.rule, cfg=cfg,
                    eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, mesh=mesh, rules=rules,
                    policy_shardings=pol_sh, critic_shardings=cri_sh, tx_policy=tx_policy,
-                   tx_critic=tx_critic, with_ptx=ptx is not None)
+                   tx_critic=tx_critic, with_ptx=ptx is not None, function_names=scorer.names)
   run = RLRun(config=config, cfg=cfg, workdir=workdir, mesh=mesh, rules=rules,
               tokenizer=tokenizer, model_cfg=models.model_cfg, heads=models.heads,
               critic_cfg=models.critic_cfg, ref_params=models.ref_params,
               rm_params=[rm.params for rm in models.reward_models], data=data, ptx=ptx, fns=fns,
-              ckpt=ckpt, writer=writer, guard=nonfinite.Watch(config.stage, tc, ckpt, writer))
+              ckpt=ckpt, writer=writer, guard=nonfinite.Watch(config.stage, tc, ckpt, writer),
+              scorer=scorer, checker=checker)
   return run, state

@@ -33,6 +33,7 @@ import numpy as np
 
 from rlhf_jax import metrics, parallel, preemption
 from rlhf_jax.errors import Preempted
+from rlhf_jax.reward.function_runner import function_stats
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import ppo
 from rlhf_jax.rl.losses import explained_variance
@@ -78,7 +79,8 @@ def iteration(rl: RLRun, state, it: int):
   """RL iteration `it` -> (the next RLState, its metrics): sample, score, update, KL control."""
   cfg = rl.cfg
   rng, k_sample, k_update = jax.random.split(state.rng, 3)
-  smp, ro, (t_gen, t_score) = sample_and_score(rl, state, rl.iteration_prompts(it), k_sample)
+  smp, ro, fn_host, (t_gen, t_fn, t_score) = sample_and_score(
+      rl, state, rl.iteration_prompts(it), k_sample, rl.iteration_meta(it), f"iteration {it}")
   gold = rl.gold(smp)
   policy, critic, umet, explained, t_update = update(rl, state, ro, k_update)
   skipped = rl.guard.check(it + 1, umet)
@@ -86,25 +88,31 @@ def iteration(rl: RLRun, state, it: int):
   beta = np.float32(state.kl_coef)
   new_beta = next_kl_coef(cfg, beta, kl_seq, skipped)
   state = next_state(rl.mesh, it + 1, policy, critic, rng, new_beta)
+  vals.update(function_stats(fn_host))
   vals["beta"] = float(beta)
   vals["explained_variance"] = float(parallel.to_host(explained))
   vals.update({k: float(parallel.to_host(v)) for k, v in umet.items()})
   vals.update(time_generate=t_gen, time_score=t_score, time_update=t_update,
+              **({"time_functions": t_fn} if fn_host else {}),
               samples=cfg.rollout_batch * (it + 1))
   return state, vals
 
 
-def sample_and_score(rl: RLRun, st, prompts: list[list[int]], rng):
-  """(the sampled batch, the scored rollout on the mesh, (generate s, score s)) of `prompts`."""
+def sample_and_score(rl: RLRun, st, prompts: list[list[int]], rng, metas=None, what="batch"):
+  """(the sampled batch, the scored rollout on the mesh, the reward functions' scores {name:
+  [B]} on the host, (generate s, functions s, score s)) of `prompts`. The functions run on the
+  host between the two compiled programs, on this process's rows (`RLRun.function_scores`)."""
   t0 = time.perf_counter()
   smp = rl.sample(st, prompts, rng)
   t1 = time.perf_counter()
+  fn_dev, fn_host = rl.function_scores(smp, metas or [{} for _ in prompts], what)
+  t2 = time.perf_counter()
   dev = smp.on_mesh
   ro = rl.fns.score(st.params, rl.reference(st), rl.critic_params(st), rl.rm_params, st.kl_coef,
                     dev["prompt"], dev["prompt_mask"], dev["tokens"], dev["mask"],
-                    dev["logprobs"])
+                    dev["logprobs"], fn_dev)
   jax.block_until_ready(ro)
-  return smp, ro, (t1 - t0, time.perf_counter() - t1)
+  return smp, ro, fn_host, (t1 - t0, t2 - t1, time.perf_counter() - t2)
 
 
 def update(rl: RLRun, state, ro: dict, rng):
