@@ -114,8 +114,9 @@ def data_section(**overrides) -> mc.ConfigDict:
       # "builtin" (the built-in task), a local file/directory (.json/.jsonl/.parquet[.gz]), or a
       # Hugging Face hub dataset name.
       "source": "builtin",
-      # Tokenizer: "builtin", or a directory with HF tokenizer files. A model from an HF
-      # checkpoint (init.hf_checkpoint, or a workdir made from one) always reads text with the
+      # Tokenizer: "builtin" (with source "builtin:checkable" it means that task's tokenizer),
+      # or a directory with HF tokenizer files. A model from an HF checkpoint
+      # (init.hf_checkpoint, or a workdir made from one) always reads text with the
       # checkpoint's own: "" or "builtin" mean it, another directory is an error.
       "tokenizer": "builtin",
       # "prompt_response", "dialogue" (hh-rlhf text) or "messages" (role/content list); "text"

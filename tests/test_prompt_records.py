@@ -10,9 +10,9 @@ import pytest
 
 import chat_tokenizers  # tests/, on sys.path under pytest
 from rlhf_jax import config_base
-from rlhf_jax.data import checkable_task, demonstrations, prompt_records
+from rlhf_jax.data import builtin_task, checkable_task, demonstrations, lm_data, prompt_records
 from rlhf_jax.data.tokenizer import load_tokenizer
-from rlhf_jax.errors import DataError
+from rlhf_jax.errors import ConfigError, DataError
 from rlhf_jax.reward.functions import gsm8k
 from rlhf_jax.train import rl_data
 
@@ -94,7 +94,8 @@ def test_missing_answer_field_is_named(tmp_path, chatml):
 def test_checkable_rl_data_has_answers_row_for_row():
   c = grpo.get_config("checkable")
   c.data.update(builtin_train=64, builtin_eval=16)
-  tok = load_tokenizer("builtin")
+  assert lm_data.tokenizer_spec(c) == "builtin:checkable"  # data.tokenizer "builtin" means it
+  tok = lm_data.load_tokenizer(c)
   data = rl_data.build(c, tok)
   assert len(data.train_meta) == 64 and len(data.eval_meta) == 16
   for p, m in zip(data.eval_prompts, data.eval_meta):
@@ -104,3 +105,18 @@ def test_checkable_rl_data_has_answers_row_for_row():
   assert data.prompts_for(3, 8, 0) == [data.train_prompts[i] for i in idx]
   assert data.meta_for(3, 8, 0) == [data.train_meta[i] for i in idx]
   assert config_base  # the presets build through config_base
+  assert "<unk>" not in " ".join(tok.decode(p) for p in data.train_prompts)
+
+
+def test_the_chat_tasks_vocabulary_is_not_the_checkable_tasks():
+  """The checkable words extend only "builtin:checkable": under "builtin" an id past the chat
+  task's 260 words still reads as <unk>, so a chat policy's samples (and every figure measured
+  on the chat task) are what they were before the checkable task existed."""
+  chat, check = load_tokenizer("builtin"), load_tokenizer("builtin:checkable")
+  assert chat.vocab_size == 260 and chat.vocab == builtin_task.VOCAB
+  assert check.vocab[:260] == chat.vocab and check.vocab_size > 260
+  seven = check.encode("seven")[0]
+  assert seven >= 260 and chat.decode([seven]) == "<unk>" and check.decode([seven]) == "seven"
+  assert chat.encode("what is seven plus one ?") != check.encode("what is seven plus one ?")
+  with pytest.raises(ConfigError, match="builtin:nope"):
+    load_tokenizer("builtin:nope")

@@ -69,7 +69,9 @@ _POSITIVE_V2 = ("cozy", "lively", "splendid", "graceful", "merry")
 _NEGATIVE_V2 = ("grumpy", "muddy", "stale", "bleak", "clumsy")
 _NEUTRAL_V2 = ("round", "soft", "wide", "young")
 _VERBS_V2 = ("remembers", "paints", "carries", "notices")
-# The checkable prompts of `checkable_task.py` (sums and counts written in words), third release.
+# The checkable prompts of `checkable_task.py` (sums and counts written in words): their words
+# extend the vocabulary only of the "builtin:checkable" tokenizer, so the chat task's ids and
+# texts (and every figure measured on it) stay as they were.
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
                 "seventeen", "eighteen")
@@ -96,12 +98,14 @@ def _vocabulary() -> tuple[str, ...]:
   words = list(SPECIALS) + list(PUNCT)
   for group in (DETS, INTENS, OTHER, PROMPT_WORDS, _VERBS_V1, _POSITIVE_V1, _NEGATIVE_V1,
                 _NEUTRAL_V1, *TOPICS.values(), TOPIC_NAMES,
-                _VERBS_V2, _POSITIVE_V2, _NEGATIVE_V2, _NEUTRAL_V2, _CHECKABLE_V3):
+                _VERBS_V2, _POSITIVE_V2, _NEGATIVE_V2, _NEUTRAL_V2):
     words += [w for w in group if w not in words]
   return tuple(words)
 
 
-VOCAB = _vocabulary()
+VOCAB = _vocabulary()  # the chat task's words
+# The checkable task's: the chat task's with the number words appended (same ids for the rest).
+CHECKABLE_VOCAB = VOCAB + tuple(dict.fromkeys(w for w in _CHECKABLE_V3 if w not in VOCAB))
 
 
 class TaskTokenizer:
@@ -109,10 +113,10 @@ class TaskTokenizer:
 
   chat_template = None  # the task formats its own dialogues ("Human: ... Assistant:")
 
-  def __init__(self):
-    self.vocab = VOCAB
-    self.index = {w: i for i, w in enumerate(VOCAB)}
-    self.vocab_size = len(VOCAB)
+  def __init__(self, vocab: tuple[str, ...] = VOCAB):
+    self.vocab = vocab
+    self.index = {w: i for i, w in enumerate(vocab)}
+    self.vocab_size = len(vocab)
     self.pad_id, self.bos_id, self.eos_id, self.unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
     self.human_id, self.assistant_id = self.index[HUMAN], self.index[ASSISTANT]
 
@@ -130,11 +134,15 @@ class TaskTokenizer:
 
 
 _TOK = TaskTokenizer()
+_TOKENIZERS = {"builtin": _TOK, "builtin:checkable": TaskTokenizer(CHECKABLE_VOCAB)}
 
 
-def tokenizer() -> TaskTokenizer:
-  """The task's tokenizer; the same object every call (the vocabulary is code, not data)."""
-  return _TOK
+def tokenizer(spec: str = "builtin") -> TaskTokenizer:
+  """The tokenizer of `spec`: "builtin" (the chat task's words) or "builtin:checkable" (those and
+  the checkable task's number words); the same object every call (the vocabulary is code)."""
+  if spec not in _TOKENIZERS:
+    raise ConfigError(f"tokenizer {spec!r}: the built-in tokenizers are {sorted(_TOKENIZERS)}")
+  return _TOKENIZERS[spec]
 
 
 # ---- word classes, for the grammar and the gold score ------------------------------------------

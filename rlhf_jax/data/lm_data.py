@@ -18,7 +18,7 @@ import numpy as np
 
 from rlhf_jax import parallel, sampling
 from rlhf_jax.data import batching, checkable_task, demonstrations, train_tokenizer
-from rlhf_jax.data.tokenizer import load_tokenizer as _load_tokenizer
+from rlhf_jax.data.tokenizer import is_builtin, load_tokenizer as _load_tokenizer
 from rlhf_jax.errors import ConfigError, DataError
 
 
@@ -53,10 +53,12 @@ def tokenizer_spec(config) -> str:
   A model from a Hugging Face checkpoint (`init.hf_checkpoint`, or a workdir made from one)
   reads text with that checkpoint's own tokenizer: `data.tokenizer` "" or "builtin" (the default
   of every config) means it, and any other directory is a ConfigError (the model's ids would
-  mean other words). Otherwise `data.tokenizer`, "builtin" for random tokens.
+  mean other words). Otherwise `data.tokenizer`, "builtin" for random tokens; "builtin" with the
+  checkable prompts as the source means their tokenizer, "builtin:checkable" (the chat task's
+  words and the number words).
   """
   spec, src = config.data.tokenizer, _source_tokenizer(config)
-  if src and src != "builtin" and not train_tokenizer.parse_spec(src):
+  if src and not is_builtin(src) and not train_tokenizer.parse_spec(src):
     if spec in ("", "builtin"):
       return src
     if not _same(spec, src):
@@ -67,6 +69,8 @@ def tokenizer_spec(config) -> str:
   spec = spec or src
   if config.data.source == "random" and not spec:
     spec = "builtin"
+  if config.data.source == checkable_task.SOURCE and spec == "builtin":
+    spec = checkable_task.SOURCE
   if not spec:
     raise ConfigError("data.tokenizer is empty and init.hf_checkpoint is not set: name a "
                       "tokenizer directory, or 'builtin'")

@@ -1,6 +1,7 @@
 """The tokenizer protocol every stage uses, and a wrapper around a local Hugging Face tokenizer.
 
-`load_tokenizer("builtin")` gives the built-in task's closed-vocabulary tokenizer; any other spec
+`load_tokenizer("builtin")` gives the built-in task's closed-vocabulary tokenizer (and
+"builtin:checkable" the checkable task's, the same words and its number words); any other spec
 is a local directory with Hugging Face tokenizer files (usually the checkpoint directory); the hub
 is never contacted. `HFTokenizer.render_messages` gives a chat-template rendering plus a per-token
 mask of assistant tokens.
@@ -186,10 +187,16 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
                                        add_generation_prompt=True)
 
 
+def is_builtin(spec: str) -> bool:
+  """Whether `spec` names a built-in task's tokenizer ("builtin", "builtin:checkable")."""
+  return spec == "builtin" or spec.startswith("builtin:")
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
-  """"builtin": the built-in task's tokenizer; anything else: a local HF tokenizer directory."""
-  if spec == "builtin":
+  """"builtin" / "builtin:checkable": the built-in tasks' tokenizers; anything else: a local HF
+  tokenizer directory."""
+  if is_builtin(spec):
     # Lazy: the built-in task is only needed (and only imported) when asked for.
     from rlhf_jax.data import builtin_task  # pylint: disable=g-import-not-at-top
-    return builtin_task.tokenizer()
+    return builtin_task.tokenizer(spec)
   return HFTokenizer(spec)
