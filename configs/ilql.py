@@ -46,7 +46,7 @@ def get_config(arg=None):
       "beta": 1.0,  # decoding: logits + beta * (Q - V)
       "top_k": 0,  # decoding: top-k of the shaped logits; 0 disables
       "max_response_len": 40,  # response slots of a row (longer responses are skipped)
-      "eval_betas": "",  # more decoding betas for the final table, e.g. "2,4"
+      "eval_betas": "4,16",  # more decoding betas for the final table ("" for none)
   })
   c.eval_policy = config_base.eval_policy_section()  # built-in task: gold, RM and KL at the end
   c.optim.learning_rate = 1e-4

@@ -110,7 +110,7 @@ def collect(configs_by_method: dict) -> list[dict]:
                  "samples": f"0 new; {c.train.steps} steps x {c.train.batch_size} of the RM's "
                             "ranked SFT samples"})
   if "ilql" in configs:
-    rows.append(ilql_row(configs["ilql"]))
+    rows += ilql_rows(configs["ilql"])
   if "rejection_sampling" in configs:
     from rlhf_jax.train.best_of_n_stage import parse_ns  # pylint: disable=g-import-not-at-top
     data_cfg, c = configs_by_method["rejection_sampling"][0], configs["rejection_sampling"]
@@ -123,11 +123,10 @@ def collect(configs_by_method: dict) -> list[dict]:
   return rows
 
 
-def ilql_row(c) -> dict:
-  """The ILQL policy's row: its shaped decoding's gold score and KL from `eval_policy.json`."""
+def ilql_rows(c) -> list[dict]:
+  """The ILQL policy's rows, one per decoding β (`ilql.beta`, then `ilql.eval_betas`): the shaped
+  decoding's gold score and KL from `eval_policy.json`."""
   res = _load(os.path.join(c.workdir, "eval_policy.json"))
-  name = next(n for n in res if n.startswith("ILQL (beta"))
-  pe = res[name]
   if c.data.source == "samples":
     from rlhf_jax.train.best_of_n_stage import parse_ns  # pylint: disable=g-import-not-at-top
     b = c.samples.best_of_n
@@ -135,8 +134,9 @@ def ilql_row(c) -> dict:
     data = f"{prompts * n:,} scored SFT samples ({prompts:,} train prompts x {n}), offline"
   else:
     data = f"0 new; {os.path.basename(str(c.data.source))}, offline"
-  return {"method": name, "gold": pe["gold"], "kl": pe["kl"],
-          "samples": f"{data}; {c.train.steps} steps x {c.train.batch_size}"}
+  return [{"method": name, "gold": pe["gold"], "kl": pe["kl"],
+           "samples": f"{data}; {c.train.steps} steps x {c.train.batch_size}"}
+          for name, pe in res.items() if name.startswith("ILQL (beta")]
 
 
 def _checkable_rows(c) -> list[dict]:

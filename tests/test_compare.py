@@ -32,7 +32,7 @@ def test_collect_builds_one_row_per_method(tmp_path):
           "16": {"gold": 2.4, "kl_upper_bound": 1.835, "kl_estimate": 1.27}})
   _write(str(tmp_path / "ilql0" / "eval_policy.json"),
          {"SFT (reference)": {"gold": 1.5, "kl": 0.0}, "ILQL LM head": {"gold": 1.6, "kl": 0.2},
-          "ILQL (beta 1)": {"gold": 2.1, "kl": 0.9}})
+          "ILQL (beta 1)": {"gold": 2.1, "kl": 0.9}, "ILQL (beta 4)": {"gold": 2.4, "kl": 1.7}})
   _write(str(tmp_path / "rejection_sampling1" / "eval_policy.json"),
          {"start (reference)": {"gold": 1.5, "kl": 0.0}, "SFT": {"gold": 2.2, "kl": 1.1}})
   _write(str(tmp_path / "grpo_checkable0" / "summary.json"),
@@ -43,9 +43,11 @@ def test_collect_builds_one_row_per_method(tmp_path):
   names = [r["method"] for r in rows]
   assert names == ["SFT (reference)", "best-of-4", "best-of-16", "PPO", "A2C", "GRPO", "RLOO",
                    "SFT, checkable prompts", "GRPO, check function only",
-                   "DPO (dpo, beta 0.1)", "ILQL (beta 1)", "rejection sampling (RS-FT)"]
+                   "DPO (dpo, beta 0.1)", "ILQL (beta 1)", "ILQL (beta 4)",
+                   "rejection sampling (RS-FT)"]
   ilql = rows[names.index("ILQL (beta 1)")]  # the shaped policy's figures, not the LM head's
   assert ilql["gold"] == 2.1 and ilql["kl"] == 0.9
+  assert rows[names.index("ILQL (beta 4)")]["kl"] == 1.7  # every decoding beta has its row
   assert ilql["samples"].startswith("8,192 scored SFT samples (2,048 train prompts x 4)")
   checked = rows[names.index("GRPO, check function only")]
   assert checked["pass@1"] == 0.61 and checked["gold"] is None and checked["kl"] == 0.7
