@@ -5,8 +5,9 @@ predicted from the tokens before it). Batches are dicts of [B, T] numpy arrays w
 keys "tokens" (int32, right-padded with pad_id), "loss_mask" (bool) and "attention_mask" (bool,
 True on real tokens). `BatchIterator` yields this process's rows of each global batch, reshuffled
 each epoch from (seed, epoch); its `state()` / `restore()` make a resumed run see exactly the
-batches an uninterrupted one would. Eval batches have one fixed shape (the last is filled with
-empty rows) so evaluation never recompiles. Not for: tokenization or record formats
+batches an uninterrupted one would (`EpochOrder`: that index stream, shared with the comparison
+and scored-response iterators). Eval batches have one fixed shape (the last is filled with empty
+rows) so evaluation never recompiles. Not for: tokenization or record formats
 (`demonstrations.py`), device placement or sharding (the train loop).
 """
 
@@ -81,18 +82,19 @@ def pack_examples(examples: Sequence[Example], seq_len: int) -> list[Example]:
   return [Example(tokens_RxT[r], mask_RxT[r]) for r in range(n_rows)]
 
 
-class BatchIterator:
-  """Endless shuffled epochs over `examples`; yields this process's rows of each global batch.
+class EpochOrder:
+  """This process's indices of each global batch, over endless shuffled epochs of n items.
 
-  Every process computes the same global order (from seed and epoch alone) and keeps rows
+  Every process computes the same global order (from seed and epoch alone) and keeps indices
   [process_index * B / P, (process_index + 1) * B / P), so the processes together see exactly
-  the global batch. A batch that crosses an epoch boundary takes the old epoch's last examples
-  then the new epoch's first ones, so no example is skipped or repeated within an epoch.
+  the global batch. A batch that crosses an epoch boundary takes the old epoch's last items then
+  the new epoch's first ones, so no item is skipped or repeated within an epoch. `state()` /
+  `restore()` make a resumed run read exactly the batches an uninterrupted one would. The
+  batch iterators of examples, comparisons and scored responses all draw from one.
   """
 
-  def __init__(self, examples: Sequence[Example], batch_size: int, seq_len: int, pad_id: int,
-               seed: int = 0, shuffle: bool = True, process_index: int = 0,
-               process_count: int = 1):
+  def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1):
     if batch_size < 1:
       raise ConfigError(f"train.batch_size={batch_size} must be positive")
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -100,38 +102,30 @@ class BatchIterator:
     if batch_size % process_count:
       raise ConfigError(f"train.batch_size={batch_size} must divide by the {process_count} "
                         "processes")
-    if not examples:
-      raise ConfigError("no training examples")
-    longest = max(len(e.tokens) for e in examples)
-    if longest > seq_len:  # fail at construction, not at some later step
-      raise ShapeError(f"an example of {longest} tokens does not fit seq_len={seq_len} "
-                       "(data.max_len)")
-    self.examples, self.batch_size, self.seq_len = list(examples), batch_size, seq_len
-    self.pad_id, self.seed, self.shuffle = pad_id, seed, shuffle
+    self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
     self.process_index, self.process_count = process_index, process_count
     self.epoch, self.index = 0, 0
     self._order = self._make_order()
 
   def _make_order(self) -> np.ndarray:
-    n = len(self.examples)
     if not self.shuffle:
-      return np.arange(n)
+      return np.arange(self.n)
     # Seeded by (seed, epoch) alone, so any epoch's order can be rebuilt on restore.
-    return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+    return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
 
   def state(self) -> dict:
-    """The position: the epoch and the index of the next example in its order."""
+    """The position: the epoch and the index of the next item in its order."""
     return {"epoch": int(self.epoch), "index": int(self.index)}
 
   def restore(self, state: dict) -> None:
     epoch, index = int(state["epoch"]), int(state["index"])
-    if epoch < 0 or not 0 <= index <= len(self.examples):
-      raise ConfigError(f"batch iterator state {state} does not fit {len(self.examples)} "
-                        "examples (was the data changed since the checkpoint?)")
+    if epoch < 0 or not 0 <= index <= self.n:
+      raise ConfigError(f"batch iterator state {state} does not fit {self.n} items (was the "
+                        "data changed since the checkpoint?)")
     self.epoch, self.index = epoch, index
     self._order = self._make_order()
 
-  def next(self) -> dict[str, np.ndarray]:
+  def next_indices(self) -> list[int]:
     picked: list[int] = []
     while len(picked) < self.batch_size:
       if self.index >= len(self._order):
@@ -141,8 +135,35 @@ class BatchIterator:
       picked.extend(int(i) for i in self._order[self.index:self.index + take])
       self.index += take
     rows = self.batch_size // self.process_count
-    mine = picked[self.process_index * rows:(self.process_index + 1) * rows]
-    return pad_batch([self.examples[i] for i in mine], self.seq_len, self.pad_id)
+    return picked[self.process_index * rows:(self.process_index + 1) * rows]
+
+
+class BatchIterator:
+  """Endless shuffled epochs over `examples`; yields this process's rows of each global batch
+  (the order and its resumable state: `EpochOrder`)."""
+
+  def __init__(self, examples: Sequence[Example], batch_size: int, seq_len: int, pad_id: int,
+               seed: int = 0, shuffle: bool = True, process_index: int = 0,
+               process_count: int = 1):
+    self.order = EpochOrder(len(examples), batch_size, seed, shuffle, process_index,
+                            process_count)
+    if not examples:
+      raise ConfigError("no training examples")
+    longest = max(len(e.tokens) for e in examples)
+    if longest > seq_len:  # fail at construction, not at some later step
+      raise ShapeError(f"an example of {longest} tokens does not fit seq_len={seq_len} "
+                       "(data.max_len)")
+    self.examples, self.seq_len, self.pad_id = list(examples), seq_len, pad_id
+
+  def state(self) -> dict:
+    return self.order.state()
+
+  def restore(self, state: dict) -> None:
+    self.order.restore(state)
+
+  def next(self) -> dict[str, np.ndarray]:
+    return pad_batch([self.examples[i] for i in self.order.next_indices()], self.seq_len,
+                     self.pad_id)
 
   __next__ = next
 

@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rlhf_jax.data import batching
 from rlhf_jax.data.demonstrations import (DemoConfig, Encoder, _lookup,
                                           _MISSING, get_field, in_eval_split, is_local,
                                           read_records, split_dialogue, where)
@@ -580,35 +581,19 @@ class ComparisonIterator:
     if not comps:
       raise DataError("no training comparisons (every record was skipped or the source is "
                       "empty)")
-    if batch_size % process_count:
-      raise ConfigError(f"train.batch_size={batch_size} does not divide over {process_count} "
-                        "processes")
-    self.comps, self.batch_size, self.k, self.seq_len = comps, batch_size, k, seq_len
-    self.pad_id, self.seed, self.response_mask = pad_id, seed, response_mask
-    self.pid, self.procs = process_index, process_count
-    self.epoch, self.pos = 0, 0
-    self._order = self._make_order()
-
-  def _make_order(self) -> np.ndarray:
-    return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.comps))
+    self.order = batching.EpochOrder(len(comps), batch_size, seed,
+                                     process_index=process_index, process_count=process_count)
+    self.comps, self.k, self.seq_len = comps, k, seq_len
+    self.pad_id, self.response_mask = pad_id, response_mask
 
   def state(self) -> dict:
-    return {"epoch": self.epoch, "pos": self.pos}
+    s = self.order.state()  # saved as {"epoch", "pos"}, as checkpoints have always held it
+    return {"epoch": s["epoch"], "pos": s["index"]}
 
   def restore(self, state: dict) -> None:
-    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-    self._order = self._make_order()
+    self.order.restore({"epoch": state["epoch"], "index": state["pos"]})
 
   def next(self) -> dict[str, np.ndarray]:
-    picked = []
-    while len(picked) < self.batch_size:
-      if self.pos >= len(self._order):
-        self.epoch, self.pos = self.epoch + 1, 0
-        self._order = self._make_order()
-      take = min(self.batch_size - len(picked), len(self._order) - self.pos)
-      picked.extend(self._order[self.pos:self.pos + take])
-      self.pos += take
-    per = self.batch_size // self.procs
-    mine = picked[self.pid * per:(self.pid + 1) * per]
+    mine = self.order.next_indices()
     return pad_comparisons([self.comps[i] for i in mine], self.k, self.seq_len, self.pad_id,
                            response_mask=self.response_mask)

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rlhf_jax.data import batching
 from rlhf_jax.data.demonstrations import (DemoConfig, Encoder, get_field, in_eval_split,
                                           read_records, where)
 from rlhf_jax.errors import ConfigError, DataError
@@ -207,34 +208,16 @@ class ScoredIterator:
                process_count: int = 1):
     if not items:
       raise DataError("no training responses (every record was skipped or the source is empty)")
-    if batch_size % process_count:
-      raise ConfigError(f"train.batch_size={batch_size} does not divide over {process_count} "
-                        "processes")
-    self.items, self.batch_size, self.pad_id, self.seed = items, batch_size, pad_id, seed
-    self.width, self.n = prompt_width, response_len
-    self.pid, self.procs = process_index, process_count
-    self.epoch, self.pos = 0, 0
-    self._order = self._make_order()
-
-  def _make_order(self) -> np.ndarray:
-    return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))
+    self.order = batching.EpochOrder(len(items), batch_size, seed,
+                                     process_index=process_index, process_count=process_count)
+    self.items, self.pad_id, self.width, self.n = items, pad_id, prompt_width, response_len
 
   def state(self) -> dict:
-    return {"epoch": self.epoch, "pos": self.pos}
+    return self.order.state()
 
   def restore(self, state: dict) -> None:
-    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-    self._order = self._make_order()
+    self.order.restore(state)
 
   def next(self) -> dict[str, np.ndarray]:
-    picked = []
-    while len(picked) < self.batch_size:
-      if self.pos >= len(self._order):
-        self.epoch, self.pos = self.epoch + 1, 0
-        self._order = self._make_order()
-      take = min(self.batch_size - len(picked), len(self._order) - self.pos)
-      picked.extend(self._order[self.pos:self.pos + take])
-      self.pos += take
-    per = self.batch_size // self.procs
-    mine = picked[self.pid * per:(self.pid + 1) * per]
+    mine = self.order.next_indices()
     return pad_scored([self.items[i] for i in mine], self.width, self.n, self.pad_id)
