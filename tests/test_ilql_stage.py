@@ -56,7 +56,8 @@ def test_ilql_on_the_sft_policys_scored_samples(full):
   assert all(np.isfinite(r["loss"]) and r["nonfinite"] == 0 for r in train)
   assert evals[-1]["eval_q_loss"] < evals[0]["eval_q_loss"]  # Q learns the returns
   pe = out["policy_eval"]
-  assert list(pe) == ["SFT (reference)", "ILQL LM head", "ILQL (beta 1)"]
+  assert list(pe) == ["SFT (reference)", "ILQL LM head", "ILQL (beta 1)", "ILQL (beta 4)",
+                      "ILQL (beta 16)"]  # ilql.beta, then the preset's eval_betas
   assert pe["SFT (reference)"]["kl"] == 0
   assert all(np.isfinite(v["gold"]) and np.isfinite(v["rm_score"]) for v in pe.values())
   assert pe["ILQL (beta 1)"]["gold"] != pe["ILQL LM head"]["gold"]
