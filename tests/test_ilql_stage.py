@@ -60,7 +60,11 @@ def test_ilql_on_the_sft_policys_scored_samples(full):
                       "ILQL (beta 16)"]  # ilql.beta, then the preset's eval_betas
   assert pe["SFT (reference)"]["kl"] == 0
   assert all(np.isfinite(v["gold"]) and np.isfinite(v["rm_score"]) for v in pe.values())
-  assert pe["ILQL (beta 1)"]["gold"] != pe["ILQL LM head"]["gold"]
+  # The shaped decoding samples other responses than the LM head alone. The smoke pipeline's
+  # 8-token answers never end and their gold hardly moves at this size (-5.439 for SFT, LM head
+  # and beta 1 alike): compare the KL and the RM score.
+  shaped, head = pe["ILQL (beta 1)"], pe["ILQL LM head"]
+  assert (shaped["kl"], shaped["rm_score"]) != (head["kl"], head["rm_score"])
   with open(os.path.join(root, "full", "eval_policy.json")) as f:
     assert json.load(f) == pe
   # The workdir's params are the policy's: a later stage reads it as an SFT workdir.
