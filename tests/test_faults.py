@@ -349,6 +349,8 @@ def ppo_straight(tmp_path_factory):
   return root, workdir, stages.run(_ppo(root), workdir)
 
 
+@pytest.mark.slow  # 25 s; the default suite keeps test_main_sigterm_exits_75_and_the_rerun_equals_uninterrupted
+# and test_rl_stage.py::test_resumed_ppo_run_equals_uninterrupted_bitwise (the suite under 30 min)
 def test_ppo_sigterm_at_a_random_iteration_then_rerun_equals_uninterrupted(
     ppo_straight, tmp_path, monkeypatch):
   root, straight_dir, straight = ppo_straight

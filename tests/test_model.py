@@ -95,6 +95,8 @@ def test_score_head_reads_every_position():
   np.testing.assert_allclose(out["scores"], expect, atol=1e-5)
 
 
+@pytest.mark.slow  # 42 s; the default suite keeps the cached decode = full forward and the
+# sampled = teacher-forced log-prob tests of the same sampler (the suite under 30 min)
 def test_greedy_sampling_equals_naive_no_cache_loop():
   cfg = LLAMA
   params = _perturb(init_params(cfg, jax.random.key(4)))

@@ -607,6 +607,8 @@ def _assert_base_is(params, sft_params):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
+@pytest.mark.slow  # 60 s; the default suite keeps LoRA in test_lora.py, the sharded LoRA step and the
+# LoRA reward model read back merged (below) (the suite under 30 min)
 def test_ppo_with_lora_trains_adapters_against_its_own_base(upstream, tmp_path):
   """LoRA PPO: the reference is the policy with its adapters off, so the first rollout's KL is
   exactly 0; the base stays the SFT model bitwise while the adapters (policy and critic) train;
