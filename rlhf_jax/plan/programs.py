@@ -57,18 +57,22 @@ def _batch(mesh, rules, shapes: dict):
           for k, (s, d) in shapes.items()}
 
 
-def _compile(jitted, *args):
-  return jitted.lower(*args).compile()
+def _compile(mesh, jitted, *args):
+  """The compiled program, lowered with `mesh` as the current mesh, as the stages call it
+  (`jit_steps.in_mesh`): without it the models' logical sharding constraints are dropped, and on
+  a mesh of several devices every device would hold the whole batch's activations."""
+  with jax.set_mesh(mesh):
+    return jitted.lower(*args).compile()
 
 
-def _train_program(name, jitted_train, abstract, shardings, batch, cfg, tokens_per_device,
+def _train_program(name, mesh, jitted_train, abstract, shardings, batch, cfg, tokens_per_device,
                    seq_len, lm_head=True):
   plan = ProgramPlan(name, {
       "params": memory.tree_bytes_per_device(abstract.params, shardings.params),
       "optimizer": memory.tree_bytes_per_device(abstract.opt_state, shardings.opt_state),
       "activations": memory.activation_bytes(cfg, tokens_per_device, seq_len, lm_head)})
-  plan.xla = memory.xla_figures(_compile(jitted_train, _with_shardings(abstract, shardings),
-                                         batch))
+  plan.xla = memory.xla_figures(_compile(mesh, jitted_train,
+                                         _with_shardings(abstract, shardings), batch))
   return plan
 
 
@@ -92,7 +96,7 @@ def supervised_plan(config, mesh, rules, replace) -> StagePlan:
     train, _ = make_lm_steps(cfg, tx, mesh, rules, shardings)
     batch = _batch(mesh, rules, {"tokens": ((b, t), jnp.int32), "loss_mask": ((b, t), bool),
                                  "attention_mask": ((b, t), bool)})
-    return StagePlan(stage, [_train_program("train_step", train.jitted, abstract, shardings,
+    return StagePlan(stage, [_train_program("train_step", mesh, train.jitted, abstract, shardings,
                                             batch, cfg, b * t // div, t)],
                      _resident(abstract, shardings))
   k = config.data.num_responses if config.data.source == "builtin" else 2
@@ -102,7 +106,7 @@ def supervised_plan(config, mesh, rules, replace) -> StagePlan:
     from rlhf_jax.train.rm_steps import make_rm_steps  # pylint: disable=g-import-not-at-top
     train, _ = make_rm_steps(cfg, tx, mesh, rules, shardings, lc)
     return StagePlan(stage, [_train_program(
-        "train_step", train.jitted, abstract, shardings, _batch(mesh, rules, shapes), cfg,
+        "train_step", mesh, train.jitted, abstract, shardings, _batch(mesh, rules, shapes), cfg,
         b * k * t // div, t, lm_head=lc.lm_coef > 0)], _resident(abstract, shardings))
   if stage == "dpo":
     return _dpo_plan(config, cfg, tx, abstract, shardings, shapes, mesh, rules, b * k * t // div)
@@ -129,9 +133,8 @@ def _dpo_plan(config, cfg, tx, abstract, shardings, shapes, mesh, rules, tokens_
       "optimizer": memory.tree_bytes_per_device(abstract.opt_state, shardings.opt_state),
       "reference": 0 if ref_abs is None else memory.tree_bytes_per_device(ref_abs, ref_sh),
       "activations": memory.activation_bytes(cfg, tokens_per_device, config.data.max_len)})
-  with jax.set_mesh(mesh):
-    plan.xla = memory.xla_figures(_compile(train, _with_shardings(abstract, shardings), ref,
-                                           batch))
+  plan.xla = memory.xla_figures(_compile(mesh, train, _with_shardings(abstract, shardings), ref,
+                                         batch))
   resident = _resident(abstract, shardings)
   resident["reference"] = plan.ours["reference"]
   return StagePlan(config.stage, [plan], resident)
@@ -188,13 +191,13 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
     resident["critic_optimizer"] = memory.tree_bytes_per_device(abstract.critic.opt_state,
                                                                 shardings.critic.opt_state)
   gen = ProgramPlan("generate", {"kv_cache": memory.kv_cache_bytes(pol, b // div, p + n)})
-  gen.xla = memory.xla_figures(_compile(fns.jitted["generate"], pol_params, prompt["t"],
+  gen.xla = memory.xla_figures(_compile(mesh, fns.jitted["generate"], pol_params, prompt["t"],
                                         prompt["m"], key))
   score = ProgramPlan("score", {})
+  ref = None if pol.lora_rank else _with_shardings(ref_abs, ref_sh)
   score.xla = memory.xla_figures(_compile(
-      fns.jitted["score"], pol_params, None if pol.lora_rank else _with_shardings(ref_abs, ref_sh),
-      critic_params, [_with_shardings(rm_abs, rm_sh)], beta, prompt["t"], prompt["m"], resp["t"],
-      resp["m"], resp["lp"], {}))
+      mesh, fns.jitted["score"], pol_params, ref, critic_params, [_with_shardings(rm_abs, rm_sh)],
+      beta, prompt["t"], prompt["m"], resp["t"], resp["m"], resp["lp"], {}))
   rows = _batch(mesh, rules, {k: ((b, p + n) if k in ("tokens", "attention_mask") else (b, n),
                                   jnp.int32 if k == "tokens" else
                                   (bool if k.endswith("mask") else jnp.float32))
@@ -204,8 +207,8 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
                   else _abstract((), jnp.float32, rep))
   upd = ProgramPlan("update", {"activations": memory.activation_bytes(
       pol, cfg.minibatch_size // div * (p + n), p + n) * (2 if critic is not None else 1)})
-  upd.xla = memory.xla_figures(_compile(fns.jitted["update"], policy_state, critic_state, rows,
-                                        key, None, beta))
+  upd.xla = memory.xla_figures(_compile(mesh, fns.jitted["update"], policy_state, critic_state,
+                                        rows, key, None, beta))
   return StagePlan(config.stage, [gen, score, upd], resident)
 
 
