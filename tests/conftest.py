@@ -1,4 +1,5 @@
-"""8 fake CPU devices for mesh tests; must run before JAX initialises its backends."""
+"""8 fake CPU devices for mesh tests (set before JAX initialises its backends), the real-data
+folder, and the tiny built-in pipeline's finished upstream workdirs, built once per session."""
 
 import os
 
@@ -22,3 +23,27 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real data folder {SHARED_DATA} is absent (only the developers' machines have it)")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smoke_upstream(tmp_path_factory):
+  """Root of finished pretrain/SFT/RM workdirs of `configs/ppo.py` with `rlhf_jax.smoke.PIPELINE`
+  (`<root>/{pretrain,sft,reward}`). Shared by every module that runs a stage over the tiny
+  pipeline, so read it only: a stage that writes goes in its own workdir."""
+  from rlhf_jax import config_base, smoke  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import pipeline  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp("smoke_upstream"))
+  c = config_base.from_file(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "ppo.py"))
+  config_base.apply_overrides(c, {**smoke.PIPELINE, **smoke.workdirs(root)})
+  pipeline.run_upstream(c)
+  before = _manifest(root)
+  yield root
+  changed = sorted(set(before.items()) ^ set(_manifest(root).items()))
+  assert not changed, f"a test wrote into the shared smoke upstream {root}: {changed[:5]}"
+
+
+def _manifest(root: str) -> dict[str, tuple[int, int]]:
+  """{relative path: (size, mtime_ns)} of every file under `root`."""
+  top = pathlib.Path(root)
+  return {str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in top.rglob("*") if p.is_file()}

@@ -343,10 +343,11 @@ def _ppo(root):
 
 
 @pytest.fixture(scope="module")
-def ppo_straight(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("ppo"))
-  workdir = os.path.join(root, "ppo")
-  return root, workdir, stages.run(_ppo(root), workdir)
+def ppo_straight(smoke_upstream, tmp_path_factory):
+  """(the session's finished upstream, read only; an uninterrupted 5-iteration PPO workdir; its
+  result)."""
+  workdir = str(tmp_path_factory.mktemp("ppo"))
+  return smoke_upstream, workdir, stages.run(_ppo(smoke_upstream), workdir)
 
 
 @pytest.mark.slow  # 25 s; the default suite keeps test_main_sigterm_exits_75_and_the_rerun_equals_uninterrupted

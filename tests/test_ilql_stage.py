@@ -15,10 +15,11 @@ from rlhf_jax.errors import ConfigError, DataError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(root):
+def _config(upstream, root):
+  """configs/ilql.py over the finished tiny `upstream`; its best-of-n samples in <root>/samples."""
   c = config_base.from_file(os.path.join(REPO, "configs", "ilql.py"))
   config_base.apply_overrides(c, {k: v for k, v in {**smoke.PIPELINE,
-                                                    **smoke.workdirs(root)}.items()
+                                                    **smoke.workdirs(upstream)}.items()
                                   if k.startswith("pipeline.")})
   c.samples.workdir = os.path.join(root, "samples")
   c.samples.data.builtin_train = 64
@@ -37,10 +38,16 @@ def _log(workdir):
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory):
+def full(smoke_upstream, tmp_path_factory):
+  """(this module's root: the samples and the uninterrupted run "full"; its result)."""
   root = str(tmp_path_factory.mktemp("ilql"))
-  c = _config(root)
-  return root, stages.run(c, os.path.join(root, "full"))
+  return root, stages.run(_config(smoke_upstream, root), os.path.join(root, "full"))
+
+
+@pytest.fixture
+def config(smoke_upstream, full):
+  """A fresh config of the module's run (its samples are made: `full` ran first)."""
+  return lambda: _config(smoke_upstream, full[0])
 
 
 def test_ilql_on_the_sft_policys_scored_samples(full):
@@ -72,9 +79,9 @@ def test_ilql_on_the_sft_policys_scored_samples(full):
     assert json.load(f)["heads"] == "lm"
 
 
-def test_resumed_ilql_run_equals_uninterrupted_bitwise(full, tmp_path):
+def test_resumed_ilql_run_equals_uninterrupted_bitwise(full, config, tmp_path):
   root, out = full
-  c = _config(root)
+  c = config()
   c.eval_policy.prompts = 0  # the final table does not touch the state
   c.train.stop_at = 3
   part = stages.run(c, str(tmp_path))
@@ -91,17 +98,16 @@ def test_resumed_ilql_run_equals_uninterrupted_bitwise(full, tmp_path):
   assert last(os.path.join(root, "full")) == last(str(tmp_path))
 
 
-def test_bad_ilql_inputs_stop_with_one_clear_error(full, tmp_path):
-  root = full[0]
-  c = _config(root)
+def test_bad_ilql_inputs_stop_with_one_clear_error(config, tmp_path):
+  c = config()
   c.ilql.tau = 1.5
   with pytest.raises(ConfigError, match=r"ilql.tau=1.5 must be in \(0, 1\)"):
     stages.run(c, str(tmp_path / "a"))
-  c = _config(root)
+  c = config()
   c.data.source = str(tmp_path / "missing.jsonl")
   with pytest.raises(DataError, match="missing.jsonl' does not exist"):
     stages.run(c, str(tmp_path / "b"))
-  c = _config(root)
+  c = config()
   c.model.lora_rank = 4
   with pytest.raises(ConfigError, match="model.lora_rank must be 0"):
     stages.run(c, str(tmp_path / "c"))

@@ -46,11 +46,9 @@ def _pipeline_config(root, stage_cfg=ppo_config, **rl):
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-  """Finished SFT and RM workdirs (the pipeline runs them once)."""
-  root = str(tmp_path_factory.mktemp("pipeline"))
-  pipeline.run_upstream(_pipeline_config(root))
-  return root
+def upstream(smoke_upstream):
+  """Finished pretrain, SFT and RM workdirs (the session's, conftest.py; read only)."""
+  return smoke_upstream
 
 
 def _log(workdir, stage="ppo"):
