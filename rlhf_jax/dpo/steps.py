@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import losses
 from rlhf_jax.dpo.losses import LOSSES, preference_loss
 from rlhf_jax.errors import ConfigError, reject_unknown_fields
-from rlhf_jax.models import ModelConfig, forward, lora
+from rlhf_jax.models import ModelConfig, chunked_head, lora
 from rlhf_jax.reward.losses import preference_matrix
 
 BATCH_NDIMS = {"tokens": 3, "attention_mask": 3, "response_mask": 3, "ranks": 2, "margin": 1}
@@ -49,8 +48,8 @@ def sequence_logps(params, model_cfg: ModelConfig, tokens_BxKxT, mask_BxKxT, res
   """float32[B, K]: the sum of each row's response-token log-probs (teacher-forced)."""
   b, k, t = tokens_BxKxT.shape
   tokens = tokens_BxKxT.reshape(b * k, t)
-  logits = forward(model_cfg, params, tokens, mask_BxKxT.reshape(b * k, t))["logits"]
-  tok_logp = losses.next_token_logprobs(logits, tokens)  # no shifted or log-softmax copy
+  tok_logp = chunked_head.forward_next_token_logprobs(  # no shifted or log-softmax copy
+      model_cfg, params, tokens, mask_BxKxT.reshape(b * k, t))
   resp = resp_BxKxT.reshape(b * k, t)[:, 1:]
   return jnp.sum(jnp.where(resp, tok_logp, 0.0), axis=-1).reshape(b, k)
 

@@ -60,6 +60,11 @@ class ModelConfig:
   # path: GPU, bf16/fp16) or "auto" (cudnn on a GPU where it can run, else xla). Compute only:
   # every choice reads the same weights; the decode step always runs the einsum.
   attention: str = "auto"
+  # The LM head's log-probs of chosen tokens in scoring and training losses, this many positions
+  # at a time (`rlhf_jax.models.chunked_head`): the [B, T, V] float32 logits never exist whole,
+  # and the backward pass recomputes one chunk at a time. 0 = all positions at once. Compute
+  # only; same values up to float rounding.
+  logits_chunk: int = 0
   # How a score head (reward model) turns per-token scores [B, T] into one number per row:
   # "last" (the last real token: InstructGPT), "mean" or "sum" over the row's real tokens ("sum"
   # divided by max_seq_len, a constant that keeps rewards of order one). With "sum" the reward is
@@ -98,6 +103,7 @@ class ModelConfig:
     if self.attention == "cudnn":
       why = attention.cudnn_refusal(self.dtype, self.dim_per_head)
       need(why is None, "attention", f"cuDNN flash attention {why} (or use 'xla' or 'auto')")
+    need(self.logits_chunk >= 0, "logits_chunk", "must be >= 0 (0: all positions at once)")
     need(self.param_dtype in _DTYPES, "param_dtype", f"must be one of {_DTYPES}")
     need(self.score_pooling in _POOLINGS, "score_pooling", f"must be one of {_POOLINGS}")
     need(self.norm_eps > 0, "norm_eps", "must be positive")

@@ -7,8 +7,9 @@ config's mesh (exact); the KV cache is [L, B, P+N, kv_heads, head_dim] twice in 
 dtype, split over the batch axes; activations kept for the backward pass follow Korthikanti et
 al. (2022): per layer and token about 34·d bytes at 16 bits (+ 5·heads·T for the attention
 scores without a fused kernel), scaled by the compute dtype, only the layer inputs (2·d) under
-full remat and the matmul outputs (about 16·d) under the "dots" policies; plus the float32
-logits and their gradient, [tokens, V] each. XLA's figures are the compiled program's
+full remat and the matmul outputs (about 16·d) under the "dots" policies. The float32 logits are
+counted apart ("logits"): [rows, positions, V], and their gradient in a training program, or
+[rows, C, V] with `model.logits_chunk = C`. XLA's figures are the compiled program's
 arguments, outputs (less what aliases a donated argument) and temporaries; its peak is
 arguments + outputs − aliased + temporaries.
 Not for: building the programs (`programs.py`).
@@ -54,15 +55,20 @@ def kv_cache_bytes(cfg, batch_per_device: int, length: int) -> int:
       itemsize)
 
 
-def activation_bytes(cfg, tokens_per_device: int, seq_len: int, lm_head: bool = True) -> int:
-  """Activations a training step keeps for its backward pass (see the module docstring)."""
+def activation_bytes(cfg, tokens_per_device: int, seq_len: int) -> int:
+  """Activations the layers keep for a training step's backward pass (the module docstring)."""
   scale = np.dtype(cfg.compute_dtype).itemsize / 2  # the formula counts 16-bit values
   per_token_layer = {"none": 34 * cfg.hidden + 5 * cfg.num_heads * seq_len,
                      "full": 2 * cfg.hidden, "dots": 16 * cfg.hidden,
                      "dots_no_batch": 16 * cfg.hidden}[cfg.remat]
-  layers = tokens_per_device * cfg.num_layers * per_token_layer * scale
-  logits = 2 * 4 * tokens_per_device * cfg.vocab_size if lm_head else 0
-  return int(layers + logits)
+  return int(tokens_per_device * cfg.num_layers * per_token_layer * scale)
+
+
+def logits_bytes(cfg, rows: int, positions: int, backward: bool = True) -> int:
+  """The float32 logits of `positions` per row held at once, and their gradient when
+  `backward`: with `model.logits_chunk = C` only C positions' at a time."""
+  held = min(cfg.logits_chunk, positions) if cfg.logits_chunk else positions
+  return (2 if backward else 1) * 4 * rows * held * cfg.vocab_size
 
 
 @dataclasses.dataclass
@@ -123,6 +129,10 @@ def levers(plan, config, cfg, devices: int, budget: int) -> list[str]:
   if act:
     out.append((act / 2, "half the rows per optimizer step (rl.minibatches x2, or "
                          "train.batch_size / 2) halves activations"))
+  logits = max((p.ours.get("logits", 0) for p in plan.programs), default=0)
+  if not cfg.logits_chunk and logits:
+    out.append((logits * 0.9, "model.logits_chunk=128: the LM head's log-probs 128 positions at "
+                              f"a time; the whole float32 logits ({gib(logits)} now) never exist"))
   kv = max((p.ours.get("kv_cache", 0) for p in plan.programs), default=0)
   if kv:
     out.append((kv / 2, "a shorter generation (rl.max_new_tokens) or a smaller rl.rollout_batch "

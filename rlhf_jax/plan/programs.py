@@ -70,7 +70,9 @@ def _train_program(name, mesh, jitted_train, abstract, shardings, batch, cfg, to
   plan = ProgramPlan(name, {
       "params": memory.tree_bytes_per_device(abstract.params, shardings.params),
       "optimizer": memory.tree_bytes_per_device(abstract.opt_state, shardings.opt_state),
-      "activations": memory.activation_bytes(cfg, tokens_per_device, seq_len, lm_head)})
+      "activations": memory.activation_bytes(cfg, tokens_per_device, seq_len)})
+  if lm_head:
+    plan.ours["logits"] = memory.logits_bytes(cfg, tokens_per_device // seq_len, seq_len)
   plan.xla = memory.xla_figures(_compile(mesh, jitted_train,
                                          _with_shardings(abstract, shardings), batch))
   return plan
@@ -132,7 +134,9 @@ def _dpo_plan(config, cfg, tx, abstract, shardings, shapes, mesh, rules, tokens_
       "params": memory.tree_bytes_per_device(abstract.params, shardings.params),
       "optimizer": memory.tree_bytes_per_device(abstract.opt_state, shardings.opt_state),
       "reference": 0 if ref_abs is None else memory.tree_bytes_per_device(ref_abs, ref_sh),
-      "activations": memory.activation_bytes(cfg, tokens_per_device, config.data.max_len)})
+      "activations": memory.activation_bytes(cfg, tokens_per_device, config.data.max_len),
+      "logits": memory.logits_bytes(cfg, tokens_per_device // config.data.max_len,
+                                    config.data.max_len)})
   plan.xla = memory.xla_figures(_compile(mesh, train, _with_shardings(abstract, shardings), ref,
                                          batch))
   resident = _resident(abstract, shardings)
@@ -193,7 +197,7 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
   gen = ProgramPlan("generate", {"kv_cache": memory.kv_cache_bytes(pol, b // div, p + n)})
   gen.xla = memory.xla_figures(_compile(mesh, fns.jitted["generate"], pol_params, prompt["t"],
                                         prompt["m"], key))
-  score = ProgramPlan("score", {})
+  score = ProgramPlan("score", {"logits": memory.logits_bytes(pol, b // div, n, backward=False)})
   ref = None if pol.lora_rank else _with_shardings(ref_abs, ref_sh)
   score.xla = memory.xla_figures(_compile(
       mesh, fns.jitted["score"], pol_params, ref, critic_params, [_with_shardings(rm_abs, rm_sh)],
@@ -205,8 +209,10 @@ def rl_plan(config, mesh, rules, replace) -> StagePlan:
   policy_state = _with_shardings(abstract_policy(abstract), pol_sh)
   critic_state = (_with_shardings(abstract.critic, shardings.critic) if critic is not None
                   else _abstract((), jnp.float32, rep))
-  upd = ProgramPlan("update", {"activations": memory.activation_bytes(
-      pol, cfg.minibatch_size // div * (p + n), p + n) * (2 if critic is not None else 1)})
+  upd = ProgramPlan("update", {
+      "activations": memory.activation_bytes(pol, cfg.minibatch_size // div * (p + n), p + n) * (
+          2 if critic is not None else 1),  # the critic's layers too
+      "logits": memory.logits_bytes(pol, cfg.minibatch_size // div, n)})
   upd.xla = memory.xla_figures(_compile(mesh, fns.jitted["update"], policy_state, critic_state,
                                         rows, key, None, beta))
   return StagePlan(config.stage, [gen, score, upd], resident)

@@ -27,9 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import losses as lm_losses
 from rlhf_jax import nonfinite
-from rlhf_jax.models import forward
+from rlhf_jax.models import chunked_head
 from rlhf_jax.rl import kl as kl_lib
 from rlhf_jax.rl import losses as rl_losses
 from rlhf_jax.rl.config import RLConfig
@@ -41,9 +40,9 @@ ROLLOUT_KEYS = ("tokens", "attention_mask", "response_mask", "logprobs", "ref_lo
 
 
 def _ptx_loss(params, model_cfg, heads, batch):
-  logits = forward(model_cfg, params, batch["tokens"], batch["attention_mask"],
-                   outputs=("logits",), heads=heads)["logits"]
-  total, count = lm_losses.masked_nll(logits, batch["tokens"], batch["loss_mask"])
+  total, count = chunked_head.forward_masked_nll(model_cfg, params, batch["tokens"],
+                                                 batch["attention_mask"], batch["loss_mask"],
+                                                 heads)
   return total / jnp.maximum(count, 1.0)
 
 

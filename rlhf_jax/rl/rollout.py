@@ -31,8 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax import losses as lm_losses
-from rlhf_jax.models import forward, lm_logits
+from rlhf_jax.models import chunked_head, forward, lm_logits
 from rlhf_jax.reward import combine
 from rlhf_jax.reward.model import raw_rewards
 from rlhf_jax.rl import advantages as adv_lib
@@ -52,13 +51,14 @@ def response_outputs(model_cfg, params, tokens_BxL, mask_BxL, prompt_width: int,
   p = prompt_width
   res = {}
   if has_lm:
-    logits = lm_logits(model_cfg, params, out["hidden"][:, p - 1:-1]) / temperature
     if want_entropy:
+      logits = lm_logits(model_cfg, params, out["hidden"][:, p - 1:-1]) / temperature
       logp_all = jax.nn.log_softmax(logits, axis=-1)
       res["logprobs"] = jnp.take_along_axis(logp_all, tokens_BxL[:, p:, None], axis=-1)[..., 0]
       res["entropy"] = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-    else:  # the same values, without a [B, N, V] log-softmax array
-      res["logprobs"] = lm_losses.token_logprobs(logits, tokens_BxL[:, p:])
+    else:  # the same values, without a [B, N, V] log-softmax array (or logits, when chunked)
+      res["logprobs"] = chunked_head.token_logprobs(model_cfg, params, out["hidden"][:, p - 1:-1],
+                                                    tokens_BxL[:, p:], temperature)
   if has_score:
     res["values"] = out["scores"][:, p - 1:-1]
   return res

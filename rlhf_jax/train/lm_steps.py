@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import losses
-from rlhf_jax.models import ModelConfig, forward
+from rlhf_jax.models import ModelConfig, chunked_head
 from rlhf_jax.jit_steps import compile_steps
 from rlhf_jax.train_state import TrainState
 
@@ -21,8 +20,8 @@ BATCH_KEYS = ("tokens", "loss_mask", "attention_mask")
 
 
 def lm_loss(params, model_cfg: ModelConfig, batch):
-  logits = forward(model_cfg, params, batch["tokens"], batch["attention_mask"])["logits"]
-  total, count = losses.masked_nll(logits, batch["tokens"], batch["loss_mask"])
+  total, count = chunked_head.forward_masked_nll(model_cfg, params, batch["tokens"],
+                                                 batch["attention_mask"], batch["loss_mask"])
   return total / jnp.maximum(count, 1.0), count
 
 
@@ -36,8 +35,8 @@ def train_step(state: TrainState, batch, *, model_cfg: ModelConfig, tx):
 
 
 def eval_step(params, batch, *, model_cfg: ModelConfig):
-  logits = forward(model_cfg, params, batch["tokens"], batch["attention_mask"])["logits"]
-  total, count = losses.masked_nll(logits, batch["tokens"], batch["loss_mask"])
+  total, count = chunked_head.forward_masked_nll(model_cfg, params, batch["tokens"],
+                                                 batch["attention_mask"], batch["loss_mask"])
   return {"nll_sum": total, "target_tokens": count}
 
 
