@@ -103,3 +103,16 @@ def test_peer_runs_in_a_child_process_and_lands_in_the_table(tmp_path, capsys, d
   assert {"torch", "transformers"} <= set(recs[1]["versions"])
   line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("generate batch=8"))
   assert line.split()[-1] != "" and "x" in line  # a ratio column
+
+
+def test_rl_iteration_grpo_has_no_critic(tmp_path):
+  # --algorithm=grpo: the TRL peer's algorithm (no critic, group advantages), same programs.
+  out = tmp_path / "b.jsonl"
+  assert cli.main(["rl", "--shape=tiny", "--batch=8", "--prompt=8", "--new=4",
+                   "--generations=4", "--minibatches=2", "--repeats=1", "--algorithm=grpo",
+                   "--peak_tflops=1", "--gb_per_s=10", f"--out={out}"]) == 0
+  (rec,) = [json.loads(l) for l in out.read_text().splitlines()]
+  s, f = rec["setting"], rec["figures"]
+  assert s["algorithm"] == "grpo" and s["num_generations"] == 4 and "critic" not in s["models"]
+  assert f["iteration_s"] == pytest.approx(f["generate_s"] + f["score_s"] + f["update_s"])
+  assert rec["key"].startswith("rl_iteration batch=8")  # pairs with trl_grpo's record

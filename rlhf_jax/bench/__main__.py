@@ -45,7 +45,9 @@ def parse(argv):
   p.add_argument("--loss", default="sft", help="train: comma list of sft, rm")
   p.add_argument("--epochs", type=int, default=1, help="rl: PPO epochs")
   p.add_argument("--minibatches", type=int, default=4, help="rl: PPO minibatches")
-  p.add_argument("--generations", type=int, default=8, help="rl peer: GRPO group size")
+  p.add_argument("--generations", type=int, default=8, help="rl: GRPO group size")
+  p.add_argument("--algorithm", default="ppo", choices=("ppo", "grpo"),
+                 help="rl, ours: PPO with a critic, or GRPO (no critic, as the TRL peer)")
   p.add_argument("--remat", default="dots_no_batch", help="ours: none, full, dots, "
                  "dots_no_batch")
   p.add_argument("--attention", default="", help="ours: the attention kernel (auto, einsum, "
@@ -128,7 +130,8 @@ def measure(args) -> list[dict]:
       if args.impl == "ours":
         out.append(ours.bench_rl_iteration(args.shape, b, args.prompt, args.new, args.epochs,
                                            args.minibatches, args.repeats, args.remat,
-                                           args.lora_rank, args.attention, args.dtype))
+                                           args.lora_rank, args.attention, args.dtype,
+                                           args.algorithm, args.generations))
       else:
         out.append(peers.trl_grpo(args.shape, b, args.prompt, args.new, args.generations,
                                   args.repeats, dtype=args.dtype))

@@ -156,10 +156,13 @@ def bench_train(shape: str, loss: str, batch: int, seq: int, repeats: int, remat
 
 def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: int,
                        minibatches: int, repeats: int, remat: str, lora_rank: int = 0,
-                       attention: str = "", dtype: str = "") -> dict:
-  """One PPO iteration: generate, score (old / reference log-probs, values, RM, GAE), update.
+                       attention: str = "", dtype: str = "", algorithm: str = "ppo",
+                       group_size: int = 8) -> dict:
+  """One RL iteration: generate, score (old / reference log-probs, values, RM, advantages),
+  update. `algorithm` "ppo" trains a separate critic (GAE); "grpo" has none, its advantages
+  are each response's reward against its group of `group_size` (TRL's GRPO step, the peer).
 
-  With `lora_rank` > 0 the policy and critic train LoRA adapters on every projection and the
+  With `lora_rank` > 0 the policy (and critic) train LoRA adapters on every projection and the
   reference is the policy's base (adapters off): no reference copy, no base moments."""
   from rlhf_jax.models import lora  # pylint: disable=g-import-not-at-top
   from rlhf_jax.reward import combine  # pylint: disable=g-import-not-at-top
@@ -171,14 +174,19 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   cfg = model_config(shape, prompt + new, dtype, remat=remat,
                      attention=attention).replace(lora_rank=lora_rank)
   mesh, rules = _mesh_rules()
-  rl = RLConfig(rollout_batch=batch, max_new_tokens=new, epochs=epochs, minibatches=minibatches)
+  group = algorithm != "ppo"
+  rl = RLConfig(algorithm=algorithm, rollout_batch=batch, max_new_tokens=new, epochs=epochs,
+                minibatches=minibatches, **(dict(critic="none", group_size=group_size)
+                                            if group else {}))
   tx = OptimConfig(learning_rate=1e-6, warmup_steps=0).make(lora.trainable if lora_rank else None)
   policy, pol_sh = create_state(cfg, tx, mesh, rules, 0)
-  critic, cri_sh = create_state(cfg, tx, mesh, rules, 1, heads="score")
+  critic, cri_sh = (jnp.zeros((), jnp.float32), None) if group else create_state(
+      cfg, tx, mesh, rules, 1, heads="score")
   ref = None if lora_rank else _frozen_params(cfg, mesh, rules, 2)
   rm_params = _frozen_params(cfg, mesh, rules, 3, heads="score")
   rm = RewardModel("rm", "", cfg, rm_params, 1.0, 0.0, "")
-  fns = compile_rl(model_cfg=cfg, critic_cfg=cfg, heads="lm", reward_models=[rm],
+  fns = compile_rl(model_cfg=cfg, critic_cfg=None if group else cfg, heads="lm",
+                   reward_models=[rm],
                    rule=combine.CombineRule(), cfg=rl, eos_id=cfg.vocab_size - 1, pad_id=0,
                    mesh=mesh, rules=rules, policy_shardings=pol_sh, critic_shardings=cri_sh,
                    tx_policy=tx, tx_critic=tx)
@@ -193,7 +201,8 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
     gen = jax.block_until_ready(fns.generate(policy.params, toks, mask, key))
     t1 = time.perf_counter()
     ref_now = lora.base_params(policy.params) if lora_rank else ref
-    ro = jax.block_until_ready(fns.score(policy.params, ref_now, critic.params, [rm_params], beta,
+    critic_params = critic if group else critic.params
+    ro = jax.block_until_ready(fns.score(policy.params, ref_now, critic_params, [rm_params], beta,
                                          toks, mask, gen["tokens"], gen["mask"],
                                          gen["logprobs"], {}))
     t2 = time.perf_counter()
@@ -214,14 +223,17 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   figures = dict(med, compile_iteration_s=compile_s,
                  generate_tokens_per_s=batch * new / med["generate_s"],
                  peak_memory_gib=jax_peak_memory_gib(), live_memory_gib=jax_live_memory_gib())
-  setting = {"shape": shape, "algorithm": "ppo", "batch": batch, "prompt": prompt, "new": new,
+  setting = {"shape": shape, "algorithm": algorithm, "batch": batch, "prompt": prompt, "new": new,
              "sampled_tokens": batch * new, "sampled_tokens_measured": min(sampled),
              "dtype": cfg.dtype,
              "epochs": epochs, "minibatches": minibatches, "remat": cfg.remat,
              "attention": cfg.attention,
              "params_M": round(cfg.num_params() / 1e6, 1),
-             "models": ("policy + critic + reference + reward model, same shape" if not lora_rank
-                        else "LoRA policy and critic, reference = policy base, reward model")}
+             "models": ("policy" + ("" if group else " + critic") +
+                        " + reference + reward model, same shape" if not lora_rank
+                        else "LoRA policy (and critic), reference = policy base, reward model")}
+  if group:
+    setting["num_generations"] = group_size
   if lora_rank:  # in the key: no peer record shares it
     setting.update(lora_rank=lora_rank, adapter_params_M=round(cfg.num_lora_params() / 1e6, 2))
   return record("rl_iteration", "rlhf_jax", jax_device(), setting, figures, versions(*_VERSIONS))
