@@ -36,13 +36,18 @@ def _numpy_logprobs(logits, targets):
   return np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
 
 
-@pytest.mark.parametrize("chunk", [0, 3, 4, 11, 16])  # 11 positions: 4 chunks of 3, the last padded
-def test_token_logprobs_equal_numpy_log_softmax(chunk):
+@pytest.fixture(scope="module")
+def scored():
+  """(params, hidden [B, T, D], the whole logits [B, T, V], next-token targets), T = 11."""
   params = init_params(CFG, jax.random.PRNGKey(0))
   tokens, mask = _batch()
-  hidden = forward(CFG, params, tokens, mask, outputs=("hidden",))["hidden"]
-  targets = jnp.roll(tokens, -1, axis=1)
-  logits = forward(CFG, params, tokens, mask, outputs=("logits",))["logits"]
+  out = jax.jit(lambda p: forward(CFG, p, tokens, mask, outputs=("hidden", "logits")))(params)
+  return params, out["hidden"], out["logits"], jnp.roll(tokens, -1, axis=1)
+
+
+@pytest.mark.parametrize("chunk", [0, 3, 16])  # 11 positions: 4 chunks of 3, the last padded
+def test_token_logprobs_equal_numpy_log_softmax(scored, chunk):
+  params, hidden, logits, targets = scored
   got = chunked_head.token_logprobs(_chunked(chunk), params, hidden, targets, 0.7)
   np.testing.assert_allclose(np.asarray(got), _numpy_logprobs(logits / 0.7, targets),
                              rtol=1e-5, atol=1e-5)
@@ -53,11 +58,14 @@ def test_chunked_loss_and_gradients_equal_the_whole_logits():
   tokens, mask = _batch(4, 13, seed=1)
   loss_mask = mask & (jnp.arange(13)[None, :] > 5)
 
-  def loss(p, cfg):
-    total, count = chunked_head.forward_masked_nll(cfg, p, tokens, mask, loss_mask)
-    return total / count
+  @jax.jit
+  def loss_and_grads(p):
+    def loss(p, cfg):
+      total, count = chunked_head.forward_masked_nll(cfg, p, tokens, mask, loss_mask)
+      return total / count
+    return [jax.value_and_grad(loss)(p, c) for c in (CFG, _chunked(4))]
 
-  (a, ga), (b, gb) = (jax.value_and_grad(loss)(params, c) for c in (CFG, _chunked(4)))
+  (a, ga), (b, gb) = loss_and_grads(params)
   np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), ga, gb)
 
@@ -84,14 +92,17 @@ def test_rl_scoring_and_dpo_agree_with_the_whole_logits():
   from rlhf_jax.dpo.steps import sequence_logps  # pylint: disable=g-import-not-at-top
   params = init_params(CFG, jax.random.PRNGKey(2))
   tokens, mask = _batch(4, 20, seed=2)
-  a = response_outputs(CFG, params, tokens, mask, 8, 0.9)["logprobs"]
-  b = response_outputs(_chunked(5), params, tokens, mask, 8, 0.9)["logprobs"]
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   resp = jnp.broadcast_to(jnp.arange(20) >= 8, (2, 2, 20))
   toks, msk = tokens.reshape(2, 2, 20), mask.reshape(2, 2, 20)
-  np.testing.assert_allclose(np.asarray(sequence_logps(params, CFG, toks, msk, resp)),
-                             np.asarray(sequence_logps(params, _chunked(6), toks, msk, resp)),
-                             rtol=1e-5)
+
+  @jax.jit
+  def both(p):
+    return [(response_outputs(c, p, tokens, mask, 8, 0.9)["logprobs"],
+             sequence_logps(p, c, toks, msk, resp)) for c in (CFG, _chunked(5))]
+
+  (rl_a, dpo_a), (rl_b, dpo_b) = both(params)
+  np.testing.assert_allclose(np.asarray(rl_a), np.asarray(rl_b), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dpo_a), np.asarray(dpo_b), rtol=1e-5)
 
 
 def test_a_negative_chunk_is_refused():
