@@ -98,10 +98,15 @@ def test_rl_scoring_and_dpo_agree_with_the_whole_logits():
   @jax.jit
   def both(p):
     return [(response_outputs(c, p, tokens, mask, 8, 0.9)["logprobs"],
+             response_outputs(c, p, tokens, mask, 8, 0.9, want_entropy=True),
              sequence_logps(p, c, toks, msk, resp)) for c in (CFG, _chunked(5))]
 
-  (rl_a, dpo_a), (rl_b, dpo_b) = both(params)
+  (rl_a, upd_a, dpo_a), (rl_b, upd_b, dpo_b) = both(params)
   np.testing.assert_allclose(np.asarray(rl_a), np.asarray(rl_b), rtol=1e-5, atol=1e-6)
+  for k in ("logprobs", "entropy"):  # the update's pass: 12 positions, chunks of 5
+    np.testing.assert_allclose(np.asarray(upd_a[k]), np.asarray(upd_b[k]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(upd_a["logprobs"]), np.asarray(rl_a), rtol=1e-5,
+                             atol=1e-6)
   np.testing.assert_allclose(np.asarray(dpo_a), np.asarray(dpo_b), rtol=1e-5)
 
 

@@ -24,21 +24,37 @@ from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import forward, lm_logits
 
 
-def token_logprobs(cfg: ModelConfig, params, hidden_BxTxD, targets_BxT, temperature=1.0):
-  """log_softmax(lm_head(hidden) / temperature)[b, t, targets[b, t]]: [B, T] float32."""
-  def one(h_BxCxD, tok_BxC):
-    return losses.token_logprobs(lm_logits(cfg, params, h_BxCxD) / temperature, tok_BxC)
-
+def _over_chunks(cfg: ModelConfig, fn, hidden_BxTxD, targets_BxT):
+  """fn(hidden [B, C, D], targets [B, C]) -> a tuple of [B, C] arrays, applied to all T
+  positions at once (logits_chunk 0, or T <= C) or C at a time, each chunk recomputed in the
+  backward pass; the results are [B, T] each."""
   c, (b, t, d) = cfg.logits_chunk, hidden_BxTxD.shape
   if not c or t <= c:
-    return one(hidden_BxTxD, targets_BxT)
-  n = -(-t // c)  # chunks; the last is padded with position 0's copies, then dropped
+    return fn(hidden_BxTxD, targets_BxT)
+  n = -(-t // c)  # chunks; the last is padded with copies of position 0, then dropped
   h = jnp.pad(hidden_BxTxD, ((0, 0), (0, n * c - t), (0, 0)))
   tok = jnp.pad(targets_BxT, ((0, 0), (0, n * c - t)))
   h_NxBxCxD = h.reshape(b, n, c, d).swapaxes(0, 1)
   tok_NxBxC = tok.reshape(b, n, c).swapaxes(0, 1)
-  out_NxBxC = jax.lax.map(jax.checkpoint(lambda xs: one(*xs)), (h_NxBxCxD, tok_NxBxC))
-  return out_NxBxC.swapaxes(0, 1).reshape(b, n * c)[:, :t]
+  outs = jax.lax.map(jax.checkpoint(lambda xs: fn(*xs)), (h_NxBxCxD, tok_NxBxC))
+  return tuple(o_NxBxC.swapaxes(0, 1).reshape(b, n * c)[:, :t] for o_NxBxC in outs)
+
+
+def token_logprobs(cfg: ModelConfig, params, hidden_BxTxD, targets_BxT, temperature=1.0):
+  """log_softmax(lm_head(hidden) / temperature)[b, t, targets[b, t]]: [B, T] float32."""
+  def one(h_BxCxD, tok_BxC):
+    return (losses.token_logprobs(lm_logits(cfg, params, h_BxCxD) / temperature, tok_BxC),)
+  return _over_chunks(cfg, one, hidden_BxTxD, targets_BxT)[0]
+
+
+def logprobs_and_entropy(cfg: ModelConfig, params, hidden_BxTxD, targets_BxT, temperature=1.0):
+  """([B, T] log-probs of `targets`, [B, T] entropy) of softmax(lm_head(hidden) / temperature),
+  from one log-softmax per position (the RL update's policy loss and entropy bonus)."""
+  def one(h_BxCxD, tok_BxC):
+    logp_all = jax.nn.log_softmax(lm_logits(cfg, params, h_BxCxD) / temperature, axis=-1)
+    return (jnp.take_along_axis(logp_all, tok_BxC[..., None], axis=-1)[..., 0],
+            -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
+  return _over_chunks(cfg, one, hidden_BxTxD, targets_BxT)
 
 
 def next_token_logprobs(cfg: ModelConfig, params, hidden_BxTxD, tokens_BxT):

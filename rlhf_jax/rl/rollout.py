@@ -28,10 +28,9 @@ Not for: sampling (`rlhf_jax.sampling`) or the update (`rlhf_jax.rl.ppo`).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models import chunked_head, forward, lm_logits
+from rlhf_jax.models import chunked_head, forward
 from rlhf_jax.reward import combine
 from rlhf_jax.reward.model import raw_rewards
 from rlhf_jax.rl import advantages as adv_lib
@@ -52,10 +51,8 @@ def response_outputs(model_cfg, params, tokens_BxL, mask_BxL, prompt_width: int,
   res = {}
   if has_lm:
     if want_entropy:
-      logits = lm_logits(model_cfg, params, out["hidden"][:, p - 1:-1]) / temperature
-      logp_all = jax.nn.log_softmax(logits, axis=-1)
-      res["logprobs"] = jnp.take_along_axis(logp_all, tokens_BxL[:, p:, None], axis=-1)[..., 0]
-      res["entropy"] = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+      res["logprobs"], res["entropy"] = chunked_head.logprobs_and_entropy(
+          model_cfg, params, out["hidden"][:, p - 1:-1], tokens_BxL[:, p:], temperature)
     else:  # the same values, without a [B, N, V] log-softmax array (or logits, when chunked)
       res["logprobs"] = chunked_head.token_logprobs(model_cfg, params, out["hidden"][:, p - 1:-1],
                                                     tokens_BxL[:, p:], temperature)
