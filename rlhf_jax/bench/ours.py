@@ -223,17 +223,25 @@ def bench_rl_iteration(shape: str, batch: int, prompt: int, new: int, epochs: in
   figures = dict(med, compile_iteration_s=compile_s,
                  generate_tokens_per_s=batch * new / med["generate_s"],
                  peak_memory_gib=jax_peak_memory_gib(), live_memory_gib=jax_live_memory_gib())
-  setting = {"shape": shape, "algorithm": algorithm, "batch": batch, "prompt": prompt, "new": new,
-             "sampled_tokens": batch * new, "sampled_tokens_measured": min(sampled),
-             "dtype": cfg.dtype,
-             "epochs": epochs, "minibatches": minibatches, "remat": cfg.remat,
-             "attention": cfg.attention,
-             "params_M": round(cfg.num_params() / 1e6, 1),
+  setting = dict(_rl_setting(cfg, shape, rl, prompt), sampled_tokens_measured=min(sampled))
+  return record("rl_iteration", "rlhf_jax", jax_device(), setting, figures, versions(*_VERSIONS))
+
+
+def _rl_setting(cfg: ModelConfig, shape: str, rl, prompt: int) -> dict:
+  """The RL iteration's setting (its key fields: batch, dtype, new, prompt, sampled_tokens,
+  shape; LoRA in the key too, so no peer record pairs with a LoRA one)."""
+  group = rl.algorithm != "ppo"
+  setting = {"shape": shape, "algorithm": rl.algorithm, "batch": rl.rollout_batch,
+             "prompt": prompt, "new": rl.max_new_tokens,
+             "sampled_tokens": rl.rollout_batch * rl.max_new_tokens, "dtype": cfg.dtype,
+             "epochs": rl.epochs, "minibatches": rl.minibatches, "remat": cfg.remat,
+             "attention": cfg.attention, "params_M": round(cfg.num_params() / 1e6, 1),
              "models": ("policy" + ("" if group else " + critic") +
-                        " + reference + reward model, same shape" if not lora_rank
+                        " + reference + reward model, same shape" if not cfg.lora_rank
                         else "LoRA policy (and critic), reference = policy base, reward model")}
   if group:
-    setting["num_generations"] = group_size
-  if lora_rank:  # in the key: no peer record shares it
-    setting.update(lora_rank=lora_rank, adapter_params_M=round(cfg.num_lora_params() / 1e6, 2))
-  return record("rl_iteration", "rlhf_jax", jax_device(), setting, figures, versions(*_VERSIONS))
+    setting["num_generations"] = rl.group_size
+  if cfg.lora_rank:
+    setting.update(lora_rank=cfg.lora_rank,
+                   adapter_params_M=round(cfg.num_lora_params() / 1e6, 2))
+  return setting
