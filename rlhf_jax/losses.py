@@ -32,8 +32,13 @@ def next_token_logprobs(logits_BxTxV, tokens_BxT):
   Every position is scored against the next token (the last against an arbitrary id) and the
   last column dropped from the [B, T] result: no shifted [B, T-1, V] copy of the logits.
   """
-  targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
-  return token_logprobs(logits_BxTxV, targets_BxT)[:, :-1]
+  return token_logprobs(logits_BxTxV, next_token_targets(tokens_BxT))[:, :-1]
+
+
+def next_token_targets(tokens_BxT):
+  """[B, T]: position t's target is token t+1; the last position's, dropped by the callers,
+  repeats token T-1 (any id would do)."""
+  return jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
 
 
 def masked_nll(logits_BxTxV, tokens_BxT, loss_mask_BxT):
@@ -43,6 +48,11 @@ def masked_nll(logits_BxTxV, tokens_BxT, loss_mask_BxT):
   never a target. Returned as a sum and a count so the caller can normalise over a whole global
   batch (or a whole eval set) rather than averaging per-batch means.
   """
+  return nll_sums(next_token_logprobs(logits_BxTxV, tokens_BxT), loss_mask_BxT)
+
+
+def nll_sums(next_logprobs_BxTm1, loss_mask_BxT):
+  """`masked_nll` from the [B, T-1] next-token log-probs, however they were computed."""
   mask = loss_mask_BxT[:, 1:].astype(jnp.float32)
-  nll = -next_token_logprobs(logits_BxTxV, tokens_BxT)
+  nll = -next_logprobs_BxTm1
   return jnp.sum(nll * mask), jnp.sum(mask)

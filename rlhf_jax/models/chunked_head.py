@@ -60,15 +60,8 @@ def logprobs_and_entropy(cfg: ModelConfig, params, hidden_BxTxD, targets_BxT, te
 def next_token_logprobs(cfg: ModelConfig, params, hidden_BxTxD, tokens_BxT):
   """log p(tokens[t+1] | tokens[:t+1]) for t < T-1: [B, T-1] float32 (`losses.next_token_logprobs`
   from hidden states)."""
-  targets_BxT = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
-  return token_logprobs(cfg, params, hidden_BxTxD, targets_BxT)[:, :-1]
-
-
-def masked_nll(cfg: ModelConfig, params, hidden_BxTxD, tokens_BxT, loss_mask_BxT):
-  """(sum of -log p over target tokens, their count): `losses.masked_nll` from hidden states."""
-  mask = loss_mask_BxT[:, 1:].astype(jnp.float32)
-  nll = -next_token_logprobs(cfg, params, hidden_BxTxD, tokens_BxT)
-  return jnp.sum(nll * mask), jnp.sum(mask)
+  return token_logprobs(cfg, params, hidden_BxTxD,
+                        losses.next_token_targets(tokens_BxT))[:, :-1]
 
 
 def forward_next_token_logprobs(cfg: ModelConfig, params, tokens_BxT, attention_mask_BxT,
@@ -85,11 +78,7 @@ def forward_next_token_logprobs(cfg: ModelConfig, params, tokens_BxT, attention_
 
 def forward_masked_nll(cfg: ModelConfig, params, tokens_BxT, attention_mask_BxT, loss_mask_BxT,
                        heads: str = "lm"):
-  """(sum of -log p over target tokens, their count): the forward pass, then `masked_nll`."""
-  if not cfg.logits_chunk:
-    logits = forward(cfg, params, tokens_BxT, attention_mask_BxT, outputs=("logits",),
-                     heads=heads)["logits"]
-    return losses.masked_nll(logits, tokens_BxT, loss_mask_BxT)
-  hidden = forward(cfg, params, tokens_BxT, attention_mask_BxT, outputs=("hidden",),
-                   heads=heads)["hidden"]
-  return masked_nll(cfg, params, hidden, tokens_BxT, loss_mask_BxT)
+  """(sum of -log p over target tokens, their count): `losses.masked_nll`'s arithmetic over
+  `forward_next_token_logprobs`."""
+  return losses.nll_sums(forward_next_token_logprobs(cfg, params, tokens_BxT,
+                                                     attention_mask_BxT, heads), loss_mask_BxT)
