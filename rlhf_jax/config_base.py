@@ -23,8 +23,8 @@ def model_section(preset: str = "tiny") -> mc.ConfigDict:
 
   When `init.hf_checkpoint` or `init.from_workdir` is set, the source decides the shape; only
   the runtime fields (dtype, param_dtype, remat, scan_layers, attention, logits_chunk,
-  score_pooling) and the
-  LoRA fields (lora_rank, lora_alpha, lora_targets) apply.
+  unroll_decode, score_pooling) and the LoRA fields (lora_rank, lora_alpha, lora_targets)
+  apply.
 
   `attention` is the compute switch of the attention kernel: "auto" (the default: cuDNN flash
   attention on a GPU where dtype and shapes allow, "xla" elsewhere), "einsum", "xla"

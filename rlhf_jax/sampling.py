@@ -92,6 +92,18 @@ def compute_copy(params, model_cfg: ModelConfig):
   return jax.tree_util.tree_map_with_path(cast, params)
 
 
+def unrolled_copy(params, model_cfg: ModelConfig):
+  """(params, config) for an unrolled layer loop: the scanned stack `layers` [L, ...] cut into
+  `layer_0` ... `layer_{L-1}` once, so a decode step reads each layer's weights where they lie
+  instead of slicing them out of the stack again (`ModelConfig.unroll_decode`)."""
+  if not (model_cfg.scan_layers and model_cfg.unroll_decode):
+    return params, model_cfg
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(model_cfg.num_layers):
+    out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+  return out, model_cfg.replace(scan_layers=False)
+
+
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg", "eos_id", "pad_id", "hook"))
 def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig,
              cfg: SamplingConfig, eos_id: int, pad_id: int, hook=None):
@@ -106,9 +118,10 @@ def generate(params, prompt_BxP, prompt_mask_BxP, rng, *, model_cfg: ModelConfig
   """
   b, p = prompt_BxP.shape
   n = cfg.max_new_tokens
-  model = Decoder(model_cfg)
   params, extra = (params, None) if hook is None else hook.split(params)
   params = compute_copy(params, model_cfg)  # cast once, not once per decode step
+  params, model_cfg = unrolled_copy(params, model_cfg)
+  model = Decoder(model_cfg)
   step_outputs = ("logits",) if hook is None else ("hidden", "logits")
 
   def shape(out_hidden_Bx1xD, logits_BxV):

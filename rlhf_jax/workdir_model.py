@@ -24,7 +24,7 @@ from rlhf_jax.models import Decoder, ModelConfig, lora
 # Fields a stage's own model section sets over the source's (when set): how it computes (the
 # attention kernel too), and how a reward model it trains pools its score head.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "attention", "logits_chunk",
-                  "score_pooling")
+                  "unroll_decode", "score_pooling")
 
 
 def boxed_params_fn(model_cfg: ModelConfig, heads: str):

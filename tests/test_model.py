@@ -27,10 +27,22 @@ def _perturb(params, seed=0):
                                    for x, k in zip(leaves, keys)])
 
 
+def _unstacked(params, cfg):
+  layers = params.pop("layers")
+  for i in range(cfg.num_layers):
+    params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
+  return params
+
+
+@pytest.mark.parametrize("scan", [True, False])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_cached_decode_equals_full_forward_with_left_padding(name):
-  cfg = CONFIGS[name]
-  params = _perturb(init_params(cfg, jax.random.key(0)))
+def test_cached_decode_equals_full_forward_with_left_padding(name, scan):
+  # Unrolled, each layer writes its slots of the every-layer cache in place (the sampler's
+  # decode loop, `unroll_decode`); scanned, the scan hands each layer its own slice.
+  cfg = CONFIGS[name].replace(scan_layers=scan)
+  params = _perturb(init_params(CONFIGS[name], jax.random.key(0)))
+  if not scan:
+    params = _unstacked(params, cfg)
   tokens, mask = left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15]], pad_id=0)
   full = forward(cfg, params, tokens, mask)["logits"]
   positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
@@ -63,9 +75,7 @@ def test_remat_and_unscanned_layers_give_same_loss_and_grads(variant):
   cfg = LLAMA.replace(**variant)
   params = _perturb(init_params(LLAMA, jax.random.key(2)))
   if not cfg.scan_layers:
-    layers = params.pop("layers")
-    for i in range(cfg.num_layers):
-      params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
+    params = _unstacked(params, cfg)
   tokens = jax.random.randint(jax.random.key(3), (2, 16), 0, cfg.vocab_size)
   mask = jnp.ones_like(tokens, bool)
 
@@ -262,6 +272,24 @@ def test_compute_copy_changes_no_value_the_model_computes_with(scan):
       np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
       np.testing.assert_allclose(np.asarray(b[k]), np.asarray(c[k]), atol=0.05)
   assert compute_copy(params, LLAMA) is params  # fp32 compute: nothing to cast
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt2"])
+def test_unrolled_decode_samples_what_the_scanned_decode_samples(name):
+  # The sampler cuts the scanned stack into per-layer weights once and unrolls its decode loop
+  # (`unroll_decode`, issue 18): from left-padded prompts, the same tokens, and the same
+  # log-probs up to float rounding (XLA fuses the unrolled layers' ops differently: 1 ulp).
+  tokens, mask = left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [3]], pad_id=0)
+  sc = SamplingConfig(max_new_tokens=12, temperature=1.0)
+  for dtype in ("float32", "bfloat16"):
+    cfg = CONFIGS[name].replace(dtype=dtype)
+    params = _perturb(init_params(cfg, jax.random.key(7)))
+    out = {u: generate(params, tokens, mask, jax.random.key(8), model_cfg=cfg.replace(
+        unroll_decode=u), cfg=sc, eos_id=-1, pad_id=0) for u in (True, False)}
+    np.testing.assert_array_equal(out[True]["tokens"], out[False]["tokens"])
+    np.testing.assert_array_equal(out[True]["mask"], out[False]["mask"])
+    np.testing.assert_allclose(out[True]["logprobs"], out[False]["logprobs"],
+                               atol=1e-5 if dtype == "float32" else 2e-2)
 
 
 def test_flops_per_token_counts_the_tied_lm_head():

@@ -65,6 +65,12 @@ class ModelConfig:
   # and the backward pass recomputes one chunk at a time. 0 = all positions at once. Compute
   # only; same values up to float rounding.
   logits_chunk: int = 0
+  # The sampler's decode loop runs the layers unrolled, on per-layer weights cut from the scanned
+  # stack once before the loop. A scanned decode slices every layer's weights out of the stack
+  # again at each step (XLA copies them), about 1.5x the step time of the unrolled loop on the
+  # CPU at gpt2 (issue 18). False keeps the scan: faster compiles, and no per-layer copy of the
+  # weights while sampling when they are stored in the compute dtype. Compute only.
+  unroll_decode: bool = True
   # How a score head (reward model) turns per-token scores [B, T] into one number per row:
   # "last" (the last real token: InstructGPT), "mean" or "sum" over the row's real tokens ("sum"
   # divided by max_seq_len, a constant that keeps rewards of order one). With "sum" the reward is

@@ -36,6 +36,16 @@ def weight(module: nn.Module, cfg: ModelConfig, name: str, init, shape, axes):
   return frozen(cfg, param(module, name, init, shape, axes, cfg.storage_dtype))
 
 
+def project(spec: str, x, w):
+  """`jnp.einsum(spec, x, w)` in x's dtype. XLA's CPU backend runs a bfloat16 dot fast (YNNPACK)
+  only when the dot writes float32; asked for bfloat16, it converts both operands to float32
+  first and runs 2-3x slower (issue 18). So on the CPU a bfloat16 projection writes float32 and
+  rounds once, the same sum; elsewhere the dot writes the compute dtype as it always has."""
+  if x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+  return jnp.einsum(spec, x, w)
+
+
 def lora_a_init(key, shape, dtype=jnp.float32):
   """A ~ N(0, 1/fan_in) over the input dims (all but the last, the rank); B starts at zero."""
   fan_in = math.prod(shape[:-1])
@@ -113,10 +123,13 @@ class Attention(nn.Module):
 
   The caller gives the mask [B, T, S] (causal, padding and cache slots in one), so one code path
   serves the full forward (keys = this call's tokens) and cached decoding (keys = the cache's
-  slots); `model.attention` picks the kernel (`rlhf_jax.models.attention`).
+  slots); `model.attention` picks the kernel (`rlhf_jax.models.attention`). The cache is this
+  layer's ([B, S, K, Dh] each, under the layer scan) or, with `layer` set, every layer's
+  ([L, B, S, K, Dh]): this call then writes its slots in place and reads its own layer.
   """
 
   config: ModelConfig
+  layer: int | None = None
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv_cache=None, cache_index=None):
@@ -126,7 +139,7 @@ class Attention(nn.Module):
 
     def proj(name, n, heads_axis):
       w = weight(self, cfg, f"{name}_kernel", _INIT, (d, n, dh), ("embed", heads_axis, "head_dim"))
-      y = jnp.einsum("btd,dnh->btnh", x_BxTxD, w.astype(cd))
+      y = project("btd,dnh->btnh", x_BxTxD, w.astype(cd))
       delta = lora_delta(self, cfg, name, x_BxTxD, (d,), ("embed",), (n, dh),
                          (heads_axis, "head_dim"))
       if delta is not None:
@@ -145,26 +158,36 @@ class Attention(nn.Module):
       q = apply_rope(q, positions_BxT, inv)
       key = apply_rope(key, positions_BxT, inv)
 
+    new_cache = None
     if kv_cache is not None:
-      ck, cv = kv_cache
-      key = jax.lax.dynamic_update_slice(ck, key.astype(ck.dtype), (0, cache_index, 0, 0))
-      val = jax.lax.dynamic_update_slice(cv, val.astype(cv.dtype), (0, cache_index, 0, 0))
-      new_cache = (key, val)
-    else:
-      new_cache = None
+      key, val, new_cache = _write_cache(kv_cache, key, val, cache_index, self.layer)
 
     # One query against the cache is the decode step: it keeps the einsum kernel.
     out = attend(cfg.attention, q, key.astype(cd), val.astype(cd), mask_BxTxS,
                  decode=kv_cache is not None and q.shape[1] == 1, causal=kv_cache is None)
 
     wo = weight(self, cfg, "o_kernel", _INIT, (h, dh, d), ("q_heads", "head_dim", "embed"))
-    y = jnp.einsum("btnh,nhd->btd", out, wo.astype(cd))
+    y = project("btnh,nhd->btd", out, wo.astype(cd))
     delta = lora_delta(self, cfg, "o", out, (h, dh), ("q_heads", "head_dim"), (d,), ("embed",))
     if delta is not None:
       y = y + delta
     if cfg.out_bias:
       y = y + weight(self, cfg, "o_bias", nn.initializers.zeros, (d,), ("embed",)).astype(cd)
     return y, new_cache
+
+
+def _write_cache(kv_cache, key_BxTxKxH, val_BxTxKxH, index, layer):
+  """(keys, values this layer attends to, the new cache): the T new slots written at `index`."""
+  ck, cv = kv_cache
+  if layer is None:
+    at = (0, index, 0, 0)
+    ck = jax.lax.dynamic_update_slice(ck, key_BxTxKxH.astype(ck.dtype), at)
+    cv = jax.lax.dynamic_update_slice(cv, val_BxTxKxH.astype(cv.dtype), at)
+    return ck, cv, (ck, cv)
+  at = (layer, 0, index, 0, 0)
+  ck = jax.lax.dynamic_update_slice(ck, key_BxTxKxH[None].astype(ck.dtype), at)
+  cv = jax.lax.dynamic_update_slice(cv, val_BxTxKxH[None].astype(cv.dtype), at)
+  return ck[layer], cv[layer], (ck, cv)
 
 
 class Mlp(nn.Module):
@@ -177,10 +200,10 @@ class Mlp(nn.Module):
     cfg = self.config
     d, f, cd = cfg.hidden, cfg.mlp_dim, cfg.compute_dtype
 
-    def dense(name, shape, axes, x):
+    def dense(name, shape, axes, x_BxTxI):
       w = weight(self, cfg, f"{name}_kernel", _INIT, shape, axes)
-      y = x @ w.astype(cd)
-      delta = lora_delta(self, cfg, name, x, shape[:1], axes[:1], shape[1:], axes[1:])
+      y = project("bti,io->bto", x_BxTxI, w.astype(cd))
+      delta = lora_delta(self, cfg, name, x_BxTxI, shape[:1], axes[:1], shape[1:], axes[1:])
       if delta is not None:
         y = y + delta
       if cfg.mlp_bias:

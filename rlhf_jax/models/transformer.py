@@ -56,16 +56,18 @@ class KVCache:
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; scan-compatible signature (carry, *broadcast, scanned cache)."""
+  """Pre-norm residual block; scan-compatible signature (carry, *broadcast, scanned cache).
+  Unrolled, `layer` is its index and the cache it gets and returns is every layer's."""
 
   config: ModelConfig
+  layer: int | None = None
 
   @nn.compact
   def __call__(self, x, positions_BxT, mask_BxTxS, cache_index, layer_cache):
     cfg = self.config
     x = nn.with_logical_constraint(x, ("batch", "length", "embed_act"))
-    h, new_cache = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), positions_BxT,
-                                               mask_BxTxS, layer_cache, cache_index)
+    h, new_cache = Attention(cfg, self.layer, name="attn")(
+        Norm(cfg, name="attn_norm")(x), positions_BxT, mask_BxTxS, layer_cache, cache_index)
     x = x + h
     x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
     return x, new_cache
@@ -105,7 +107,7 @@ class Decoder(nn.Module):
           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
     else:
-      self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+      self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_layers)]
     self.final_norm = Norm(cfg, name="final_norm")
     if "lm" in self.heads.split("+") and not cfg.tie_embeddings:
       self.lm_head = self.param(
@@ -158,13 +160,9 @@ class Decoder(nn.Module):
     if cfg.scan_layers:
       x, new_layer_caches = self.layers(x, positions_BxT, attn_mask, index, layer_caches)
     else:
-      new = []
-      for i, layer in enumerate(self.layers):
-        lc = None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
-        x, c = layer(x, positions_BxT, attn_mask, index, lc)
-        new.append(c)
-      new_layer_caches = None if layer_caches is None else (
-          jnp.stack([c[0] for c in new]), jnp.stack([c[1] for c in new]))
+      new_layer_caches = layer_caches  # every layer's: each writes its own slots in place
+      for layer in self.layers:
+        x, new_layer_caches = layer(x, positions_BxT, attn_mask, index, new_layer_caches)
 
     x = self.final_norm(x)
     out = {}
