@@ -160,9 +160,14 @@ class Decoder(nn.Module):
     if cfg.scan_layers:
       x, new_layer_caches = self.layers(x, positions_BxT, attn_mask, index, layer_caches)
     else:
+      # Each layer's input is rounded to the compute dtype, as the scan's carry is: without the
+      # barriers XLA may fuse across layers and keep it in float32 ("excess precision"), and
+      # the unrolled sampler would not compute what the scanned trainer scores.
+      x = jax.lax.optimization_barrier(x)
       new_layer_caches = layer_caches  # every layer's: each writes its own slots in place
       for layer in self.layers:
         x, new_layer_caches = layer(x, positions_BxT, attn_mask, index, new_layer_caches)
+        x = jax.lax.optimization_barrier(x)
 
     x = self.final_norm(x)
     out = {}
